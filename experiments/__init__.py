@@ -1,0 +1,1 @@
+"""A/B experiments across models (traffic splitting, feedback, statistics)."""

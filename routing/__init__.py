@@ -1,0 +1,1 @@
+"""Routing: providers, models, instances, API keys, the chat hot path and the request log."""

@@ -1,0 +1,197 @@
+"""The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/models`, and `/healthz`.
+
+Views only adapt HTTP: authenticate against the snapshot, parse, hand the request to `services.ChatRequest`, and
+shape the answer. Nothing here touches the database.
+"""
+
+import json
+from datetime import datetime, timezone
+
+from adrf.views import APIView
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.views import defaults
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from rest_framework.renderers import JSONRenderer
+
+from routing import auth, request_log, runtime, snapshot
+from routing.errors import GatewayError, InvalidRequest, MethodNotAllowed, ModelNotFound, NoCapacity, NotFound
+from routing.errors import PayloadTooLarge, as_gateway_error
+from routing.models import Outcome
+from routing.services import ChatRequest
+
+
+async def _snapshot():
+    """Return the snapshot in force, starting the worker first if no lifespan event did."""
+    snap = snapshot.current()
+    if snap is None:
+        await runtime.startup()
+        snap = snapshot.current()
+        if snap is None:
+            raise NoCapacity("The gateway is starting.")
+    return snap
+
+
+def _authenticate(request, snap):
+    """Return the request's KeyConfig, counting (not storing) failures."""
+    try:
+        return auth.authenticate(request.headers.get("Authorization"), snap, datetime.now(timezone.utc))
+    except GatewayError:
+        request_log.Counters.unauthenticated += 1
+        raise
+
+
+def _read_json(request):
+    """Return the parsed JSON body; raise PayloadTooLarge or InvalidRequest."""
+    length = request.META.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > settings.CHATVAULT_MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"Request body exceeds {settings.CHATVAULT_MAX_BODY_BYTES} bytes.")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise PayloadTooLarge(f"Request body exceeds {settings.CHATVAULT_MAX_BODY_BYTES} bytes.") from None
+    if len(raw) > settings.CHATVAULT_MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"Request body exceeds {settings.CHATVAULT_MAX_BODY_BYTES} bytes.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("The request body is not valid JSON.") from None
+
+
+def _served_headers(response, chat):
+    """Add the headers that say which model and instance served the request."""
+    response["x-chatvault-model"] = chat.model.name
+    response["x-chatvault-instance"] = chat.instance.id
+    return response
+
+
+class GatewayView(APIView):
+    """Base for the API views: async, no DRF authentication, errors in OpenAI's shape."""
+
+    renderer_classes = [JSONRenderer]
+    parser_classes = []
+    authentication_classes = []
+    permission_classes = []
+    throttle_classes = []
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        """Dispatch like adrf, but run DRF's `initial` inline instead of on the shared sync thread.
+
+        With no authenticators, permissions or throttles configured, `initial` is pure CPU work; adrf's
+        `sync_to_async` hop would serialise every request through one thread.
+        """
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            self.initial(request, *args, **kwargs)
+            handler = getattr(self, request.method.lower(), None)
+            if request.method.lower() not in self.http_method_names or handler is None:
+                raise MethodNotAllowed(f"Method {request.method} is not allowed here.")
+            response = await handler(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+
+class ChatCompletionsView(GatewayView):
+    """POST /v1/chat/completions — OpenAI chat completions, streaming or not."""
+
+    async def post(self, request):
+        """Serve one chat completion."""
+        snap = await _snapshot()
+        key = _authenticate(request, snap)
+        chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap)
+        try:
+            chat.resolve_model(_read_json(request))
+            if chat.stream:
+                relay = await chat.open_stream()
+                response = StreamingHttpResponse(relay, content_type="text/event-stream")
+                response["Cache-Control"] = "no-cache"
+                response["X-Accel-Buffering"] = "no"  # stop nginx from buffering the stream
+                return _served_headers(response, chat)
+            completion = await chat.complete()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                error = as_gateway_error(exc)
+                chat.record_error(error)
+                return error.response()
+            # Cancelled: the client went away (Django cancels the view on disconnect).
+            chat.record(Outcome.CLIENT_DISCONNECTED, 499)
+            raise
+        chat.record(Outcome.OK, 200)
+        return _served_headers(HttpResponse(completion.body, content_type="application/json"), chat)
+
+
+def _model_entry(model):
+    """Return a model in OpenAI's list shape."""
+    return {"id": model.name, "object": "model", "created": model.created, "owned_by": "chatvault"}
+
+
+class ModelsView(GatewayView):
+    """GET /v1/models — the enabled models this key may use."""
+
+    async def get(self, request):
+        """List models."""
+        snap = await _snapshot()
+        key = _authenticate(request, snap)
+        chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap, endpoint="models")
+        data = [_model_entry(m) for name, m in sorted(snap.models.items()) if key.may_use(name)]
+        chat.record(Outcome.OK, 200)
+        return JsonResponse({"object": "list", "data": data})
+
+
+class ModelDetailView(GatewayView):
+    """GET /v1/models/{model} — one model, if this key may use it."""
+
+    async def get(self, request, model):
+        """Retrieve one model."""
+        snap = await _snapshot()
+        key = _authenticate(request, snap)
+        chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap, endpoint="models")
+        found = snap.models.get(model)
+        if found is None or not key.may_use(model):
+            error = ModelNotFound(f"The model '{model}' does not exist.", param="model")
+            chat.record_error(error)
+            return error.response()
+        chat.record(Outcome.OK, 200)
+        return JsonResponse(_model_entry(found))
+
+
+async def healthz(request):
+    """Answer 200 once this worker has loaded its routing snapshot, else 503."""
+    snap = snapshot.current()
+    if snap is None:
+        try:
+            snap = await _snapshot()
+        except Exception:
+            return JsonResponse({"status": "starting"}, status=503)
+    return JsonResponse(
+        {
+            "status": "ok",
+            "models": len(snap.models),
+            "config_loaded_at": snap.loaded_at,
+            "request_log": request_log.stats(),
+        }
+    )
+
+
+def not_found(request, exception=None):
+    """Answer unknown API URLs in OpenAI's error shape, and others with Django's page."""
+    if request.path.startswith("/v1/"):
+        return NotFound(f"No route for {request.method} {request.path}.").response()
+    return defaults.page_not_found(request, exception)
+
+
+def bad_request(request, exception=None):
+    """Answer requests Django rejects before routing (e.g. a disallowed Host) in OpenAI's shape for the API."""
+    if request.path.startswith("/v1/"):
+        return InvalidRequest("Bad request.").response()
+    return defaults.bad_request(request, exception)
+
+
+def server_error(request):
+    """Answer unexpected errors in OpenAI's error shape, never with a traceback."""
+    return GatewayError().response()

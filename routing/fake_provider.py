@@ -1,0 +1,553 @@
+"""Fake OpenAI-compatible chat provider served over real HTTP on 127.0.0.1.
+
+Used by ``make run``, the test suite and the benchmarks, so the request path is
+kept lean: aiohttp, no access log, pre-encoded SSE events, no deep copies.
+It must not import Django; run it with ``python -m routing.fake_provider``.
+
+Endpoints
+    POST /v1/chat/completions (also /chat/completions)
+        Answers ``chat.completion`` objects, or ``chat.completion.chunk`` SSE
+        events when ``stream`` is true (a usage chunk with ``choices: []`` is
+        added when ``stream_options.include_usage`` is true).
+    GET  /v1/models, GET /health
+    GET|POST /_fake/config     Read or change the knobs for all later requests;
+                               a null value resets that knob to its CLI default.
+    GET|DELETE /_fake/requests The last 1000 chat requests (DELETE resets the log
+                               and the counters).
+    GET /_fake/stats           ``{"count", "in_flight", "cancelled"}``.
+
+Deterministic output
+    The completion is ``chunks`` words, each emitted as ``"fake<k> "`` (note the
+    trailing space), so the text is ``"fake0 fake1 ... fake<n-1> "``. When
+    ``max_tokens`` (or ``max_completion_tokens``) is smaller, that many words are
+    produced and ``finish_reason`` is ``"length"``. ``completion_tokens`` is the
+    word count; ``prompt_tokens`` is the number of whitespace-separated words in
+    all message contents (text parts only for list contents) plus 1 per message.
+
+Fault injection (runtime config, overridable per request by headers)
+    ``x-fake-status``, ``x-fake-latency-ms``, ``x-fake-chunk-delay-ms``,
+    ``x-fake-chunks``, ``x-fake-retry-after`` and ``x-fake-fault`` with:
+    ``hang`` (send nothing until the client leaves), ``disconnect`` (drop the
+    connection without a response), ``stall`` (streams: role chunk plus two
+    content chunks, then hang; non-streams: headers plus half the body, then
+    hang) and ``garbage`` (200 with a non-JSON body, or a non-JSON SSE event).
+    Precedence: latency first, then ``hang``/``disconnect``, then error status
+    (explicit status, else ``error_rate``), then ``stall``/``garbage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import json
+import random
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_HOST = "127.0.0.1"
+FAULTS = ("hang", "stall", "garbage", "disconnect")
+KNOBS = ("status", "latency_ms", "chunk_delay_ms", "chunks", "error_rate", "fault", "retry_after")
+MAX_RECORDS = 1000
+
+# Request header -> knob it overrides for that request only.
+_HEADER_KNOBS = {
+    "x-fake-status": "status",
+    "x-fake-latency-ms": "latency_ms",
+    "x-fake-chunk-delay-ms": "chunk_delay_ms",
+    "x-fake-chunks": "chunks",
+    "x-fake-fault": "fault",
+    "x-fake-retry-after": "retry_after",
+}
+
+# Status -> (OpenAI error type, error code, message).
+_ERRORS = {
+    400: ("invalid_request_error", "invalid_request_error", "Fake provider rejected the request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("permission_error", "permission_denied", "You are not allowed to use this model."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    408: ("timeout_error", "timeout", "Request timed out."),
+    409: ("invalid_request_error", "conflict", "Conflicting request."),
+    422: ("invalid_request_error", "unprocessable_entity", "Unprocessable request."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    500: ("server_error", "server_error", "The server had an error while processing your request."),
+    502: ("server_error", "bad_gateway", "Bad gateway."),
+    503: ("server_error", "service_unavailable", "The engine is currently overloaded."),
+    504: ("server_error", "timeout", "Gateway timeout."),
+}
+
+_GARBAGE_BODY = b'{"id": "chatcmpl-fake-garbage", <html>this is not json'
+_GARBAGE_EVENT = b"data: {this is not json at all\n\n"
+_DONE_EVENT = b"data: [DONE]\n\n"
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_JSON = "application/json"
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is optional
+    uvloop = None
+
+
+@dataclasses.dataclass
+class FakeConfig:
+    """Startup options of the fake provider; the knob fields are the runtime defaults."""
+
+    host: str = DEFAULT_HOST
+    port: int = 0
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    chunks: int = 20
+    error_rate: float = 0.0
+    status: int | None = None
+    fault: str | None = None
+    retry_after: float | None = None
+    seed: int = 0
+    models: tuple[str, ...] = ("fake-model",)
+
+
+class InvalidKnob(ValueError):
+    """A knob value that the fake provider cannot honour."""
+
+
+def _number(value: Any, name: str, *, integer: bool = False, low: float = 0, high: float | None = None):
+    """Coerce ``value`` (number or numeric string) into a bounded number."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InvalidKnob(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidKnob(f"{name} must be a number, got {value!r}")
+    if integer:
+        if value != int(value):
+            raise InvalidKnob(f"{name} must be an integer, got {value!r}")
+        value = int(value)
+    if value < low or (high is not None and value > high):
+        raise InvalidKnob(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value!r}")
+    return value
+
+
+def validate_knob(name: str, value: Any) -> Any:
+    """Return the normalised value of knob ``name`` or raise InvalidKnob."""
+    if value is None:
+        return None
+    if name == "status":
+        return _number(value, name, integer=True, low=200, high=599)
+    if name in ("latency_ms", "chunk_delay_ms", "retry_after"):
+        return _number(value, name)
+    if name == "chunks":
+        return _number(value, name, integer=True)
+    if name == "error_rate":
+        return _number(value, name, high=1)
+    if name == "fault":
+        value = str(value).strip().lower()
+        if value in ("", "none"):
+            return None
+        if value not in FAULTS:
+            raise InvalidKnob(f"fault must be one of {', '.join(FAULTS)}, got {value!r}")
+        return value
+    raise InvalidKnob(f"unknown knob {name!r}")
+
+
+def count_prompt_tokens(messages: list) -> int:
+    """Count whitespace-separated words in all message texts plus one per message."""
+    total = 0
+    for message in messages:
+        total += 1
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content.split())
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += len(part["text"].split())
+    return total
+
+
+def completion_text(words: int) -> str:
+    """Return the deterministic completion text made of ``words`` words."""
+    return "".join([f"fake{k} " for k in range(words)])
+
+
+def error_body(status: int, message: str | None = None, param: str | None = None) -> dict:
+    """Return an OpenAI-shaped error body for ``status``."""
+    default = ("server_error", "server_error", "Fake provider error.") if status >= 500 else (
+        "invalid_request_error", "invalid_request_error", "Fake provider error.")
+    kind, code, default_message = _ERRORS.get(status, default)
+    return {"error": {"message": message or default_message, "type": kind, "param": param, "code": code}}
+
+
+def _format_seconds(value: float) -> str:
+    """Format a Retry-After value without a needless ".0"."""
+    return str(int(value)) if value == int(value) else str(value)
+
+
+async def _forever() -> None:
+    """Wait until cancelled (the client went away or the server stops)."""
+    await asyncio.Event().wait()
+
+
+class FakeProvider:
+    """State and request handlers of one fake provider instance."""
+
+    def __init__(self, config: FakeConfig):
+        """Remember the CLI defaults and start with them as the runtime knobs."""
+        self.config = config
+        self.defaults = {name: getattr(config, name) for name in KNOBS}
+        self.knobs = dict(self.defaults)
+        self.rng = random.Random(config.seed)
+        self.records: collections.deque = collections.deque(maxlen=MAX_RECORDS)
+        self.count = 0
+        self.in_flight = 0
+        self.cancelled = 0
+        self.port = config.port
+        self.port_header = str(config.port)
+
+    def set_port(self, port: int) -> None:
+        """Record the port actually bound, for the x-fake-provider-port header."""
+        self.port = port
+        self.port_header = str(port)
+
+    # -- helpers ---------------------------------------------------------
+
+    def _error(self, status: int, message: str | None = None, retry_after: float | None = None,
+               param: str | None = None) -> web.Response:
+        """Build an OpenAI-shaped error response, with Retry-After when relevant."""
+        headers = {}
+        if retry_after is None and status == 429:
+            retry_after = 1
+        if retry_after is not None:
+            headers["Retry-After"] = _format_seconds(retry_after)
+        return web.Response(status=status, body=json.dumps(error_body(status, message, param)).encode(),
+                            content_type=_JSON, headers=headers)
+
+    def _record(self, request: web.Request, body: Any) -> dict:
+        """Log the request and return the per-request knob overrides found in its headers."""
+        headers = {}
+        overrides = {}
+        for name, value in request.headers.items():
+            name = name.lower()
+            if name.startswith("x-") or name == "authorization":
+                headers[name] = value
+                knob = _HEADER_KNOBS.get(name)
+                if knob is not None:
+                    overrides[knob] = value
+        self.records.append({"headers": headers, "body": body, "path": request.path})
+        return overrides
+
+    # -- chat ------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """Answer a chat completion request, honouring the configured faults."""
+        self.count += 1
+        self.in_flight += 1
+        try:
+            return await self._chat(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            if not request.get("fake_dropped"):
+                self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """Validate, record and answer one chat request."""
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        overrides = self._record(request, body)
+
+        knobs = self.knobs
+        if overrides:
+            knobs = dict(knobs)
+            try:
+                for name, value in overrides.items():
+                    knobs[name] = validate_knob(name, value)
+            except InvalidKnob as exc:
+                return self._error(400, f"Invalid fake header: {exc}")
+        # Draw on arrival so the error sequence only depends on request order.
+        failing = knobs["error_rate"] > 0 and self.rng.random() < knobs["error_rate"]
+
+        if not isinstance(body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(400, "'messages' must be a non-empty array.", param="messages")
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens")
+
+        if knobs["latency_ms"]:
+            await asyncio.sleep(knobs["latency_ms"] / 1000)
+        fault = knobs["fault"]
+        if fault == "hang":
+            await _forever()
+        if fault == "disconnect":
+            request["fake_dropped"] = True
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            # Losing the connection cancels this handler, which aiohttp handles silently.
+            await _forever()
+        status = knobs["status"]
+        if status is not None and status != 200:
+            return self._error(status, retry_after=knobs["retry_after"])
+        if failing:
+            return self._error(500, retry_after=knobs["retry_after"])
+
+        words = knobs["chunks"]
+        finish_reason = "stop"
+        if limit is not None and limit < words:
+            words, finish_reason = limit, "length"
+        model = body.get("model") or self.config.models[0]
+        prompt_tokens = count_prompt_tokens(messages)
+        if body.get("stream"):
+            return await self._stream(request, body, model, words, finish_reason, prompt_tokens, knobs)
+
+        if fault == "garbage":
+            return web.Response(body=_GARBAGE_BODY, content_type=_JSON)
+        text = completion_text(words)
+        payload = json.dumps({
+            "id": f"chatcmpl-fake-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words,
+                      "total_tokens": prompt_tokens + words},
+            "system_fingerprint": "fp_fake",
+        }).encode()
+        if fault != "stall":
+            return web.Response(body=payload, content_type=_JSON)
+        response = web.StreamResponse(headers={"Content-Type": _JSON})
+        response.content_length = len(payload)
+        await response.prepare(request)
+        await response.write(payload[: len(payload) // 2])
+        await _forever()
+
+    async def _stream(self, request: web.Request, body: dict, model: str, words: int,
+                      finish_reason: str, prompt_tokens: int, knobs: dict) -> web.StreamResponse:
+        """Stream the completion as chat.completion.chunk SSE events."""
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        if knobs["fault"] == "garbage":
+            await response.write(_GARBAGE_EVENT)
+            await response.write_eof()
+            return response
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        created = int(time.time())
+        ident = f"chatcmpl-fake-{uuid.uuid4().hex}"
+        # Events differ only in the delta, so the JSON around it is encoded once.
+        common = f'"id":"{ident}","object":"chat.completion.chunk","created":{created},"model":{json.dumps(model)}'
+        head = f'data: {{{common},"system_fingerprint":"fp_fake","choices":[{{"index":0,"delta":'
+        usage_null = ',"usage":null' if include_usage else ""
+        tail = f',"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'
+
+        write = response.write
+        await write(f'{head}{{"role":"assistant","content":""}}{tail}'.encode())
+        delay = knobs["chunk_delay_ms"] / 1000
+        stall_after = 2 if knobs["fault"] == "stall" else -1
+        for k in range(words):
+            if k == stall_after:
+                await _forever()
+            if delay and k:
+                await asyncio.sleep(delay)
+            await write(f'{head}{{"content":"fake{k} "}}{tail}'.encode())
+        if stall_after >= 0:
+            await _forever()
+        await write(f'{head}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]{usage_null}}}\n\n'.encode())
+        if include_usage:
+            usage = (f'{{"prompt_tokens":{prompt_tokens},"completion_tokens":{words},'
+                     f'"total_tokens":{prompt_tokens + words}}}')
+            await write(f'data: {{{common},"system_fingerprint":"fp_fake","choices":[],"usage":{usage}}}\n\n'.encode())
+        await write(_DONE_EVENT)
+        await response.write_eof()
+        return response
+
+    # -- control endpoints -----------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        """List the configured model names."""
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatvault-fake"}
+                for name in self.config.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Report liveness."""
+        return web.json_response({"status": "ok"})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        """Return the current runtime knobs."""
+        return web.json_response(self.knobs)
+
+    async def post_config(self, request: web.Request) -> web.Response:
+        """Change runtime knobs for all later requests; null resets a knob."""
+        try:
+            changes = await request.json()
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            return self._error(400, "Body must be a JSON object of knobs.")
+        knobs = dict(self.knobs)
+        try:
+            for name, value in changes.items():
+                if name not in KNOBS:
+                    raise InvalidKnob(f"unknown knob {name!r}; expected one of {', '.join(KNOBS)}")
+                knobs[name] = self.defaults[name] if value is None else validate_knob(name, value)
+        except InvalidKnob as exc:
+            return self._error(400, str(exc))
+        self.knobs = knobs
+        return web.json_response(knobs)
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        """Return the recorded chat requests, oldest first."""
+        return web.json_response({"count": self.count, "requests": list(self.records)})
+
+    async def delete_requests(self, request: web.Request) -> web.Response:
+        """Forget recorded requests and reset the counters."""
+        self.records.clear()
+        self.count = 0
+        self.cancelled = 0
+        return web.json_response({"count": 0, "requests": []})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Return request, in-flight and cancellation counters."""
+        return web.json_response({"count": self.count, "in_flight": self.in_flight, "cancelled": self.cancelled})
+
+    async def add_port_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Tag every response with the port of this fake."""
+        response.headers["x-fake-provider-port"] = self.port_header
+
+
+def build_app(config: FakeConfig) -> web.Application:
+    """Build the aiohttp application; its FakeProvider is at ``app["fake"]``."""
+    fake = FakeProvider(config)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["fake"] = fake
+    app.on_response_prepare.append(fake.add_port_header)
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/chat/completions", fake.chat)
+    app.router.add_get("/v1/models", fake.models)
+    app.router.add_get("/models", fake.models)
+    app.router.add_get("/health", fake.health)
+    app.router.add_get("/_fake/config", fake.get_config)
+    app.router.add_post("/_fake/config", fake.post_config)
+    app.router.add_get("/_fake/requests", fake.get_requests)
+    app.router.add_delete("/_fake/requests", fake.delete_requests)
+    app.router.add_get("/_fake/stats", fake.stats)
+    return app
+
+
+async def start(config: FakeConfig) -> tuple[web.AppRunner, int]:
+    """Start serving in the running loop and return the runner and the bound port."""
+    app = build_app(config)
+    # handler_cancellation makes client disconnects cancel handlers (hang, stall, counting).
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.25)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    await site.start()
+    port = runner.addresses[0][1]
+    app["fake"].set_port(port)
+    return runner, port
+
+
+async def serve(config: FakeConfig) -> None:
+    """Serve until SIGTERM or SIGINT, announcing the listening URL on stdout."""
+    runner, port = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"fake provider listening on http://{config.host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(config: FakeConfig) -> None:
+    """Run the fake provider in the foreground (uvloop when available)."""
+    loop_factory = uvloop.new_event_loop if uvloop is not None else None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config))
+
+
+def _knob_type(name: str):
+    """Return an argparse type that validates knob ``name``."""
+
+    def parse(text: str):
+        try:
+            return validate_knob(name, text)
+        except InvalidKnob as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fake provider options to ``parser`` (shared with the manage.py command)."""
+    parser.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one.")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="Interface to bind (default 127.0.0.1).")
+    parser.add_argument("--latency-ms", type=_knob_type("latency_ms"), default=0.0,
+                        help="Delay before responding.")
+    parser.add_argument("--chunk-delay-ms", type=_knob_type("chunk_delay_ms"), default=0.0,
+                        help="Delay between streamed content chunks.")
+    parser.add_argument("--chunks", type=_knob_type("chunks"), default=20, help="Words per completion.")
+    parser.add_argument("--error-rate", type=_knob_type("error_rate"), default=0.0,
+                        help="Fraction (0..1) of chat requests answered with 500.")
+    parser.add_argument("--status", type=_knob_type("status"), default=None,
+                        help="Answer every chat request with this HTTP status.")
+    parser.add_argument("--fault", type=_knob_type("fault"), default=None,
+                        help=f"Apply a fault to every chat request: {', '.join(FAULTS)}.")
+    parser.add_argument("--retry-after", type=_knob_type("retry_after"), default=None,
+                        help="Retry-After seconds on error responses (429 defaults to 1).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for --error-rate.")
+    parser.add_argument("--model", action="append", dest="models", default=None,
+                        help="Model name listed by /v1/models (repeatable).")
+
+
+def config_from_options(options: Any) -> FakeConfig:
+    """Build a FakeConfig from parsed options (a Namespace or a dict)."""
+    if not isinstance(options, dict):
+        options = vars(options)
+    return FakeConfig(
+        host=options["host"],
+        port=options["port"],
+        latency_ms=options["latency_ms"],
+        chunk_delay_ms=options["chunk_delay_ms"],
+        chunks=options["chunks"],
+        error_rate=options["error_rate"],
+        status=options["status"],
+        fault=options["fault"],
+        retry_after=options["retry_after"],
+        seed=options["seed"],
+        models=tuple(options["models"] or FakeConfig.models),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse command-line options and run the fake provider."""
+    parser = argparse.ArgumentParser(prog="python -m routing.fake_provider", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(config_from_options(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

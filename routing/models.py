@@ -1,0 +1,301 @@
+"""Routing configuration (providers, models, instances, API keys) and the per-request log.
+
+The configuration tables are read on the hot path only through `routing.snapshot`, never directly: every write to
+them bumps `ConfigRevision`, which each worker polls to rebuild its in-process snapshot.
+"""
+
+import secrets as pysecrets
+import uuid
+
+from django.db import models
+
+from routing import secrets
+
+
+class RoutingStrategy(models.TextChoices):
+    """How a request picks among the healthy instances of a model."""
+
+    ROUND_ROBIN = "round-robin", "Round-robin"
+    LEAST_LOADED = "least-loaded", "Least loaded (fewest in-flight)"
+    RANDOM = "random", "Random"
+    WEIGHTED = "weighted", "Weighted random (by instance weight)"
+    LATENCY_BASED = "latency-based", "Latency-based (power of two choices on EWMA)"
+
+
+class ConfigRevision(models.Model):
+    """A single row whose token changes on every routing-configuration write."""
+
+    token = models.UUIDField(default=uuid.uuid4)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"revision {self.token} at {self.changed_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def bump(cls):
+        """Record that the routing configuration changed, so every worker reloads it."""
+        cls.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4()})
+
+    @classmethod
+    def current_token(cls):
+        """Return the current revision token, or None before the first change."""
+        return cls.objects.filter(pk=1).values_list("token", flat=True).first()
+
+
+class RoutingSettings(models.Model):
+    """Gateway-wide routing defaults (one row, edited in admin or by `import_routing_config`)."""
+
+    default_strategy = models.CharField(
+        max_length=32, choices=RoutingStrategy.choices, default=RoutingStrategy.ROUND_ROBIN
+    )
+    auto_select = models.BooleanField(
+        default=False, help_text="Choose the model automatically for every request (model 'auto' always does)."
+    )
+
+    class Meta:
+        verbose_name = "routing settings"
+        verbose_name_plural = "routing settings"
+
+    def __str__(self):
+        return f"default strategy {self.default_strategy}"
+
+    @classmethod
+    def load(cls):
+        """Return the settings row, creating it with defaults if missing."""
+        obj, _ = cls.objects.get_or_create(pk=1)
+        return obj
+
+
+class UpstreamSecret(models.Model):
+    """An upstream API key that is either encrypted at rest or a reference to an environment variable."""
+
+    api_key_ciphertext = models.TextField(blank=True, default="", editable=False)
+    api_key_env = models.CharField(
+        max_length=128, blank=True, default="", help_text="Environment variable holding the key (os.environ/NAME)."
+    )
+    api_key_last4 = models.CharField(max_length=4, blank=True, default="", editable=False)
+
+    class Meta:
+        abstract = True
+
+    def set_api_key(self, value):
+        """Store an `os.environ/NAME` reference as-is, or a literal key encrypted; empty clears it."""
+        self.api_key_ciphertext = ""
+        self.api_key_env = ""
+        self.api_key_last4 = ""
+        if not value:
+            return
+        env_name = secrets.env_reference_name(value)
+        if env_name:
+            self.api_key_env = env_name
+        else:
+            self.api_key_ciphertext = secrets.encrypt(value)
+            self.api_key_last4 = value[-4:]
+
+    def has_api_key(self):
+        """Return whether a key or a key reference is configured."""
+        return bool(self.api_key_ciphertext or self.api_key_env)
+
+    def api_key_reference(self):
+        """Return the `os.environ/NAME` form when the key is a reference, else None."""
+        return secrets.env_reference(self.api_key_env) if self.api_key_env else None
+
+    def resolve_api_key(self):
+        """Return the usable key (decrypted or read from the environment), or None."""
+        if self.api_key_env:
+            return secrets.resolve_env(self.api_key_env)
+        if self.api_key_ciphertext:
+            return secrets.decrypt(self.api_key_ciphertext)
+        return None
+
+    def api_key_display(self):
+        """Return a safe description of the key for admin pages."""
+        if self.api_key_env:
+            return secrets.env_reference(self.api_key_env)
+        if self.api_key_ciphertext:
+            return f"…{self.api_key_last4}"
+        return "—"
+
+
+class Provider(UpstreamSecret):
+    """An upstream LLM provider account (OpenAI, Anthropic, a vLLM host, …) with its default endpoint and key."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(
+        max_length=50, help_text="litellm provider prefix: openai, anthropic, azure, bedrock, groq, …"
+    )
+    api_base = models.URLField(max_length=500, blank=True, default="", help_text="Default endpoint for instances.")
+    openai_compatible = models.BooleanField(
+        default=False,
+        help_text="Speaks the OpenAI chat API natively, so requests are forwarded without going through litellm.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Model(models.Model):
+    """A public model name that clients send (e.g. `vault-gpt-4o-mini`), served by one or more instances."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="The name clients put in `model`.")
+    description = models.TextField(blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    capabilities = models.JSONField(default=list, blank=True, help_text="Capability tags, e.g. general_chat.")
+    strategy = models.CharField(
+        max_length=32,
+        choices=RoutingStrategy.choices,
+        blank=True,
+        default="",
+        help_text="Load-balancing strategy; blank uses the gateway default.",
+    )
+    input_cost_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million prompt tokens (override)."
+    )
+    output_cost_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million completion tokens."
+    )
+    context_window = models.PositiveIntegerField(null=True, blank=True, help_text="Override of the context size.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+def new_instance_id():
+    """Return a fresh stable instance id."""
+    return f"inst-{pysecrets.token_hex(6)}"
+
+
+class ProviderInstance(UpstreamSecret):
+    """One deployment of a Model on a Provider: a litellm model string plus endpoint, key and limits."""
+
+    id = models.CharField(
+        primary_key=True,
+        max_length=100,
+        default=new_instance_id,
+        help_text="Stable id (config `model_info.id`), shown in the x-chatvault-instance header.",
+    )
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="instances")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="instances")
+    litellm_model = models.CharField(max_length=300, help_text="litellm model string, e.g. openai/gpt-4o-mini.")
+    api_base = models.URLField(max_length=500, blank=True, default="", help_text="Overrides the provider's.")
+    weight = models.FloatField(default=1.0)
+    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute limit.")
+    tpm = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute limit.")
+    timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds for a whole non-streaming call and for a stream's first byte."
+    )
+    stream_timeout = models.FloatField(null=True, blank=True, help_text="Seconds allowed between stream chunks.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model__name", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(weight__gte=0), name="%(app_label)s_%(class)s_weight_gte_0"),
+        ]
+
+    def __str__(self):
+        return f"{self.id} ({self.litellm_model})"
+
+    def effective_api_base(self):
+        """Return the endpoint this instance calls: its own, else its provider's."""
+        return self.api_base or self.provider.api_base
+
+    def effective_api_key(self):
+        """Return the key this instance uses: its own, else its provider's."""
+        if self.has_api_key():
+            return self.resolve_api_key()
+        return self.provider.resolve_api_key()
+
+
+class ApiKey(models.Model):
+    """A client credential. Only a SHA-256 hash is stored; the secret is shown once, at creation."""
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=16, unique=True, editable=False, help_text="Visible start of the key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    is_admin = models.BooleanField(default=False, help_text="May also call the /v1/admin/ endpoints.")
+    allowed_models = models.ManyToManyField(
+        Model, blank=True, related_name="api_keys", help_text="Empty means every enabled model."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+
+class Outcome(models.TextChoices):
+    """How a request ended."""
+
+    OK = "ok", "OK"
+    CLIENT_ERROR = "client_error", "Client error"
+    UPSTREAM_ERROR = "upstream_error", "Upstream error"
+    UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
+    RATE_LIMITED = "rate_limited", "Upstream rate limited"
+    NO_CAPACITY = "no_capacity", "No instance available"
+    CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+    INTERNAL_ERROR = "internal_error", "Internal error"
+
+
+class RequestLog(models.Model):
+    """One row per authenticated request, written in batches off the request path."""
+
+    request_id = models.UUIDField(unique=True)
+    created_at = models.DateTimeField(db_index=True, help_text="When the request arrived.")
+    endpoint = models.CharField(max_length=32, default="chat.completions", help_text="chat.completions or models.")
+    # No database constraints on these: rows are written in batches after the fact, and a key or instance deleted
+    # in between must not make the batch fail.
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, db_constraint=False, related_name="requests"
+    )
+    instance = models.ForeignKey(
+        ProviderInstance,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_constraint=False,
+        related_name="requests",
+    )
+    user = models.CharField(max_length=256, blank=True, default="", help_text="The OpenAI `user` field.")
+    requested_model = models.CharField(max_length=200, blank=True, default="")
+    served_model = models.CharField(max_length=200, blank=True, default="")
+    stream = models.BooleanField(default=False)
+    outcome = models.CharField(max_length=32, choices=Outcome.choices)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, streaming only.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Upstream calls made for this request.")
+    decision = models.JSONField(default=dict, blank=True, help_text="Why this model and instance were chosen.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["api_key", "created_at"], name="routing_log_key_time"),
+            models.Index(fields=["served_model", "created_at"], name="routing_log_model_time"),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} {self.outcome}"

@@ -1,0 +1,181 @@
+"""Batched, off-request-path writing of RequestLog rows.
+
+The hot path calls `record(row)`, which only appends to an in-memory queue. A writer thread per worker inserts the
+rows in batches (`CHATVAULT_LOG_BATCH_SIZE` rows or `CHATVAULT_LOG_FLUSH_SECONDS`, whichever comes first) and stamps
+`ApiKey.last_used_at`. On graceful shutdown `stop()` drains the queue, so no accepted request goes unrecorded. If the
+database is down, rows are kept and retried with backoff rather than dropped.
+"""
+
+import logging
+import queue
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+
+from routing.models import ApiKey, RequestLog
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+# Rows held while the database is unreachable; beyond this the oldest are dropped (and counted) to bound memory.
+MAX_PENDING_ROWS = 200_000
+
+
+class Counters:
+    """Process-wide request counters (unauthenticated requests are counted here, not stored)."""
+
+    unauthenticated = 0
+    dropped_rows = 0
+
+
+class RequestLogWriter(threading.Thread):
+    """Write queued RequestLog rows to the database in batches."""
+
+    def __init__(self, batch_size=None, flush_seconds=None):
+        super().__init__(name="chatvault-request-log-writer", daemon=True)
+        self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
+        self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
+        self.queue = queue.SimpleQueue()
+        self.submitted = 0
+        self.written = 0
+        self.dropped = 0
+
+    def submit(self, row):
+        """Queue one row (a dict of RequestLog fields); never blocks."""
+        self.submitted += 1
+        self.queue.put(row)
+
+    def pending(self):
+        """Return how many submitted rows are not yet written (or given up on)."""
+        return self.submitted - self.written - self.dropped
+
+
+    def run(self):
+        """Collect rows into batches and write them until stopped, then write what is left."""
+        pending = []
+        stopping = False
+        while not stopping:
+            deadline = time.monotonic() + self.flush_seconds
+            while len(pending) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                pending.append(item)
+            if stopping:
+                pending.extend(self._drain())
+            pending = self._write_all(pending, final=stopping)
+        close_old_connections()
+
+    def _drain(self):
+        """Return every row still queued."""
+        rows = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return rows
+            if item is not _STOP:
+                rows.append(item)
+
+    def _write_all(self, rows, final):
+        """Write rows in batches; return the rows that could not be written yet."""
+        attempt = 0
+        while rows:
+            batch = rows[: self.batch_size]
+            try:
+                close_old_connections()
+                write_batch(batch)
+            except Exception:
+                attempt += 1
+                logger.exception("request log write failed (attempt %d, %d rows pending)", attempt, len(rows))
+                if len(rows) > MAX_PENDING_ROWS:
+                    self._drop(len(rows) - MAX_PENDING_ROWS)
+                    rows = rows[-MAX_PENDING_ROWS:]
+                if not final:
+                    return rows
+                if attempt >= 5:
+                    self._drop(len(rows))
+                    logger.error("giving up on %d request log rows at shutdown", len(rows))
+                    return []
+                time.sleep(min(2**attempt * 0.2, 5))
+                continue
+            self.written += len(batch)
+            rows = rows[self.batch_size :]
+        return rows
+
+    def _drop(self, count):
+        """Count rows given up on."""
+        self.dropped += count
+        Counters.dropped_rows += count
+
+    def stop(self, timeout=30.0):
+        """Write every queued row and end the thread."""
+        self.queue.put(_STOP)
+        self.join(timeout)
+        if self.is_alive():
+            logger.error("request log writer did not finish within %.0f s", timeout)
+
+
+def write_batch(rows):
+    """Insert RequestLog rows and stamp last-used times of their keys, in one transaction."""
+    last_used = {}
+    for row in rows:
+        key_pk = row.get("api_key_id")
+        if key_pk is not None and (key_pk not in last_used or row["created_at"] > last_used[key_pk]):
+            last_used[key_pk] = row["created_at"]
+    with transaction.atomic():
+        RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], ignore_conflicts=True)
+        for key_pk, when in last_used.items():
+            # .update() bypasses signals on purpose: a last-used stamp is not a configuration change.
+            ApiKey.objects.filter(Q(last_used_at__lt=when) | Q(last_used_at__isnull=True), pk=key_pk).update(
+                last_used_at=when
+            )
+
+
+_writer = None
+
+
+def start():
+    """Start this process's writer thread (idempotent)."""
+    global _writer
+    if _writer is None or not _writer.is_alive():
+        _writer = RequestLogWriter()
+        _writer.start()
+    return _writer
+
+
+def stop():
+    """Flush and stop this process's writer thread."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
+
+
+def stats():
+    """Return this process's request-log counters."""
+    writer = _writer
+    return {
+        "pending": writer.pending() if writer else 0,
+        "written": writer.written if writer else 0,
+        "dropped": Counters.dropped_rows,
+        "unauthenticated_requests": Counters.unauthenticated,
+    }
+
+
+def record(row):
+    """Queue a RequestLog row for writing."""
+    writer = _writer
+    if writer is None:
+        writer = start()
+    writer.submit(row)

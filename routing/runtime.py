@@ -1,0 +1,74 @@
+"""Per-worker lifecycle: load the snapshot, start the refresher and the log writer; flush everything on shutdown.
+
+Driven by the ASGI lifespan protocol (see `chatvault_site.asgi`), so uvicorn's graceful shutdown on SIGTERM waits
+for in-flight requests and then writes every queued RequestLog row before the process exits.
+"""
+
+import asyncio
+import logging
+
+from routing import request_log, snapshot
+
+logger = logging.getLogger(__name__)
+
+_state = {"refresher": None, "started": False}
+_lock = None
+
+
+def started():
+    """Return whether this worker has loaded its snapshot and started its threads."""
+    return _state["started"]
+
+
+def _start_sync():
+    """Load the snapshot and start the background threads (blocking)."""
+    snapshot.reload()
+    request_log.start()
+    refresher = snapshot.Refresher()
+    refresher.start()
+    _state["refresher"] = refresher
+    _state["started"] = True
+
+
+async def startup():
+    """Start this worker, off the event loop's thread."""
+    global _lock
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        if not _state["started"]:
+            await asyncio.to_thread(_start_sync)
+            logger.info("ChatVault worker ready")
+
+
+async def shutdown():
+    """Stop this worker: write every queued log row and close upstream connections."""
+    from routing.adapters import openai_compat
+
+    refresher = _state["refresher"]
+    if refresher is not None:
+        refresher.stop()
+    await asyncio.to_thread(request_log.stop)
+    await openai_compat.adapter.close()
+    _state["started"] = False
+    logger.info("ChatVault worker stopped")
+
+
+async def lifespan(receive, send):
+    """Serve the ASGI lifespan protocol."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:
+                logger.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            try:
+                await shutdown()
+            finally:
+                await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,216 @@
+"""The in-process routing snapshot: keys, models and instances as plain immutable values.
+
+The hot path reads `current()` and never queries the database. A background thread per worker polls
+`ConfigRevision` every `CHATVAULT_CONFIG_POLL_SECONDS` and swaps in a fresh snapshot when the token changed, so an
+admin change reaches every worker within about one poll interval, without a restart.
+"""
+
+import dataclasses
+import logging
+import threading
+import time
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from routing import adapters, pricing
+from routing.models import ApiKey, ConfigRevision, Model, ProviderInstance, RoutingSettings, RoutingStrategy
+
+logger = logging.getLogger(__name__)
+
+# Used when an instance sets no timeout of its own (litellm's defaults are of the same order).
+DEFAULT_TIMEOUT_SECONDS = 600.0
+DEFAULT_STREAM_TIMEOUT_SECONDS = 120.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    """An enabled instance as the hot path needs it, with its secret resolved."""
+
+    id: str
+    model: str
+    provider_kind: str
+    litellm_model: str
+    api_base: str | None
+    api_key: str | None
+    openai_compatible: bool
+    weight: float
+    rpm: int | None
+    tpm: int | None
+    timeout: float
+    stream_timeout: float
+    input_cost_per_token: Decimal | None
+    output_cost_per_token: Decimal | None
+
+    @property
+    def upstream_model(self):
+        """Return the model name the upstream itself expects (the litellm string without its provider prefix)."""
+        prefix, sep, rest = self.litellm_model.partition("/")
+        return rest if sep and prefix == self.provider_kind else self.litellm_model
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """An enabled public model with its enabled instances."""
+
+    name: str
+    description: str
+    strategy: str
+    capabilities: tuple[str, ...]
+    context_window: int | None
+    created: int
+    instances: tuple[InstanceConfig, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """A client API key (by hash) and what it may do."""
+
+    pk: int
+    name: str
+    prefix: str
+    is_admin: bool
+    allowed_models: frozenset[str] | None
+    expires_at: datetime | None
+    revoked: bool
+
+    def may_use(self, model_name):
+        """Return whether this key may call the named model."""
+        return self.allowed_models is None or model_name in self.allowed_models
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the hot path needs, loaded at once."""
+
+    token: object
+    models: dict[str, ModelConfig]
+    keys_by_hash: dict[str, KeyConfig]
+    default_strategy: str
+    auto_select: bool
+    loaded_at: float
+
+
+def _per_token(per_mtok):
+    """Return a per-million-token price as a per-token price."""
+    return None if per_mtok is None else Decimal(per_mtok) / Decimal(1_000_000)
+
+
+def _instance_config(inst, model):
+    """Return the hot-path view of one ProviderInstance."""
+    prices = pricing.lookup(inst.litellm_model)
+    return InstanceConfig(
+        id=inst.id,
+        model=model.name,
+        provider_kind=inst.provider.kind,
+        litellm_model=inst.litellm_model,
+        api_base=(inst.effective_api_base() or None),
+        api_key=inst.effective_api_key(),
+        openai_compatible=inst.provider.openai_compatible,
+        weight=inst.weight,
+        rpm=inst.rpm,
+        tpm=inst.tpm,
+        timeout=inst.timeout or DEFAULT_TIMEOUT_SECONDS,
+        stream_timeout=inst.stream_timeout or DEFAULT_STREAM_TIMEOUT_SECONDS,
+        input_cost_per_token=_per_token(model.input_cost_per_mtok) if model.input_cost_per_mtok is not None
+        else prices.input_cost_per_token,
+        output_cost_per_token=_per_token(model.output_cost_per_mtok) if model.output_cost_per_mtok is not None
+        else prices.output_cost_per_token,
+    )
+
+
+def build():
+    """Load a fresh snapshot from the database."""
+    token = ConfigRevision.current_token()
+    routing_settings = RoutingSettings.load()
+    models = {}
+    instances = ProviderInstance.objects.filter(enabled=True, model__enabled=True).select_related("provider")
+    by_model = {}
+    for inst in instances:
+        by_model.setdefault(inst.model_id, []).append(inst)
+    for model in Model.objects.filter(enabled=True):
+        configs = []
+        for inst in by_model.get(model.pk, []):
+            try:
+                configs.append(_instance_config(inst, model))
+            except Exception:  # one undecryptable key must not take every other model down
+                logger.exception("instance %s skipped: its configuration cannot be loaded", inst.id)
+        models[model.name] = ModelConfig(
+            name=model.name,
+            description=model.description,
+            strategy=model.strategy or routing_settings.default_strategy or RoutingStrategy.ROUND_ROBIN,
+            capabilities=tuple(model.capabilities or ()),
+            context_window=model.context_window,
+            created=int(model.created_at.timestamp()),
+            instances=tuple(configs),
+        )
+    keys = {}
+    for key in ApiKey.objects.prefetch_related("allowed_models"):
+        allowed = frozenset(m.name for m in key.allowed_models.all())
+        keys[key.key_hash] = KeyConfig(
+            pk=key.pk,
+            name=key.name,
+            prefix=key.prefix,
+            is_admin=key.is_admin,
+            allowed_models=allowed or None,
+            expires_at=key.expires_at,
+            revoked=key.revoked_at is not None,
+        )
+    return Snapshot(
+        token=token,
+        models=models,
+        keys_by_hash=keys,
+        default_strategy=routing_settings.default_strategy,
+        auto_select=routing_settings.auto_select,
+        loaded_at=time.time(),
+    )
+
+
+_current = None
+
+
+def current():
+    """Return the snapshot in force (None until the first load)."""
+    return _current
+
+
+def reload():
+    """Rebuild the snapshot from the database, prepare its adapters, and put it in force."""
+    global _current
+    snap = build()
+    adapters.prepare(snap)
+    _current = snap
+    return _current
+
+
+class Refresher(threading.Thread):
+    """Poll the configuration revision and reload the snapshot when it changed."""
+
+    def __init__(self, interval=None):
+        super().__init__(name="chatvault-snapshot-refresher", daemon=True)
+        self.interval = interval if interval is not None else settings.CHATVAULT_CONFIG_POLL_SECONDS
+        self._stop_event = threading.Event()
+
+    def run(self):
+        """Poll until stopped; a failing database keeps the last good snapshot in force."""
+        failing = False
+        while not self._stop_event.wait(self.interval):
+            try:
+                close_old_connections()
+                snap = _current
+                if snap is None or ConfigRevision.current_token() != snap.token:
+                    reload()
+                    logger.info("routing configuration reloaded")
+                if failing:
+                    logger.warning("routing configuration refresh recovered")
+                failing = False
+            except Exception:
+                if not failing:
+                    logger.exception("routing configuration refresh failed; serving the last loaded configuration")
+                failing = True
+
+    def stop(self):
+        """Ask the thread to end after its current poll."""
+        self._stop_event.set()

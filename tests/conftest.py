@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run against a real Postgres (DATABASE_URL), real fake-provider processes and a real
+ChatVault process — no mocks of our own code."""
+
+import pytest
+from django.conf import settings
+
+from tests.fakes import FakeProvider
+from tests.gateway import Gateway
+
+
+@pytest.fixture(scope="session")
+def database_url(django_db_setup):
+    """Return a URL for the test database that other processes can use."""
+    db = settings.DATABASES["default"]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def gateway(database_url):
+    """Return a ChatVault process serving the test database (shared by the tests of a session)."""
+    with Gateway.start(database_url) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def _fake_a():
+    with FakeProvider.start() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def _fake_b():
+    with FakeProvider.start() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(_fake_a):
+    """Return a running fake provider with default behaviour and no recorded requests."""
+    _fake_a.reset_config()
+    _fake_a.clear_requests()
+    return _fake_a
+
+
+@pytest.fixture
+def fake_b(_fake_b):
+    """Return a second running fake provider, reset like `fake`."""
+    _fake_b.reset_config()
+    _fake_b.clear_requests()
+    return _fake_b

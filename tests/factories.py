@@ -1,0 +1,48 @@
+"""Helpers that create routing configuration for tests through the real models and services."""
+
+import json
+
+from routing.auth import api_key_create
+from routing.models import Model, Provider, ProviderInstance
+from tests.gateway import wait_until
+
+UPSTREAM_KEY = "sk-upstream-test-0000"
+
+
+def make_provider(adapter="passthrough"):
+    """Return a Provider served by the given adapter ("passthrough" or "litellm")."""
+    provider, _ = Provider.objects.get_or_create(
+        name=f"fake-{adapter}", defaults={"kind": "openai", "openai_compatible": adapter == "passthrough"}
+    )
+    return provider
+
+
+def make_model(name, fakes, *, adapter="passthrough", litellm_model="openai/gpt-4o-mini", **fields):
+    """Create an enabled Model with one instance per fake provider (ids NAME-0, NAME-1, …)."""
+    model = Model.objects.create(name=name, **fields)
+    provider = make_provider(adapter)
+    for index, fake in enumerate(fakes):
+        inst = ProviderInstance(
+            id=f"{name}-{index}", model=model, provider=provider, litellm_model=litellm_model, api_base=fake.url
+        )
+        inst.set_api_key(UPSTREAM_KEY)
+        inst.save()
+    return model
+
+
+def make_key(name="test", **kwargs):
+    """Create an API key; return the raw key."""
+    return api_key_create(name=name, **kwargs)[1]
+
+
+def wait_for_model(gateway, raw_key, model_name, present=True, timeout=10):
+    """Wait until the gateway's snapshot lists (or no longer lists) the model for this key."""
+
+    def listed():
+        status, _, body = gateway.request("GET", "/v1/models", headers={"Authorization": f"Bearer {raw_key}"})
+        if status != 200:
+            return False
+        names = {m["id"] for m in json.loads(body)["data"]}
+        return (model_name in names) == present
+
+    return wait_until(listed, timeout=timeout, message=f"model {model_name} present={present}")
