@@ -1,11 +1,13 @@
 """Shared fixtures. Tests run against a real Postgres (DATABASE_URL), real fake-provider processes and a real
 ChatVault process — no mocks of our own code."""
 
+import time
+
 import pytest
 from django.conf import settings
 
 from tests.fakes import FakeProvider
-from tests.gateway import Gateway
+from tests.gateway import Gateway, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -17,10 +19,20 @@ def database_url(django_db_setup):
 
 
 @pytest.fixture(scope="session")
-def gateway(database_url):
-    """Return a ChatVault process serving the test database (shared by the tests of a session)."""
+def _gateway_process(database_url):
     with Gateway.start(database_url) as gw:
         yield gw
+
+
+@pytest.fixture
+def gateway(_gateway_process):
+    """Return a ChatVault process serving the test database (one process shared by the session's tests).
+
+    After the test, wait until the gateway has written the test's rows, so they cannot land in the next test.
+    """
+    yield _gateway_process
+    time.sleep(0.1)
+    wait_until(lambda: _gateway_process.health()["request_log"]["pending"] == 0, message="request log drained")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Usage::
         client = openai.OpenAI(base_url=gw.url, api_key=raw_key)
 """
 
+import json
 import os
 import signal
 import socket
@@ -107,6 +108,10 @@ class Gateway:
                 return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
+
+    def health(self):
+        """Return the /healthz JSON."""
+        return json.loads(self.request("GET", "/healthz")[2])
 
     def log(self):
         """Return what the process printed."""

@@ -1,0 +1,407 @@
+"""Tests for the Django admin: pages render, upstream keys stay write-only, client keys are shown once, the log is
+read-only, and actions tell the workers that the configuration changed."""
+
+import re
+import uuid
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+from django.utils import timezone
+
+from routing import secrets
+from routing.auth import KEY_PREFIX, hash_key
+from routing.models import (
+    ApiKey,
+    ConfigRevision,
+    Model,
+    Outcome,
+    Provider,
+    ProviderInstance,
+    RequestLog,
+    RoutingSettings,
+)
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "sk-live-very-secret-value-9f3a"
+OTHER_SECRET = "sk-live-another-secret-77b2"
+
+
+@pytest.fixture
+def provider():
+    """Return a provider with an encrypted key."""
+    obj = Provider(name="openai", kind="openai", api_base="https://api.openai.example/v1")
+    obj.set_api_key(SECRET)
+    obj.save()
+    return obj
+
+
+@pytest.fixture
+def model():
+    """Return an enabled public model."""
+    return Model.objects.create(name="vault-gpt", capabilities=["general_chat", "code"])
+
+
+@pytest.fixture
+def instance(model, provider):
+    """Return an instance of the model on the provider, without a key of its own."""
+    return ProviderInstance.objects.create(id="inst-a", model=model, provider=provider, litellm_model="openai/gpt-4o")
+
+
+@pytest.fixture
+def api_key(model):
+    """Return a client key row."""
+    return ApiKey.objects.create(name="ci", prefix="cv-abcdefgh", key_hash="0" * 64)
+
+
+@pytest.fixture
+def routing_settings():
+    """Return the settings row."""
+    return RoutingSettings.load()
+
+
+@pytest.fixture
+def request_log(api_key, instance):
+    """Return a logged request with a routing decision."""
+    return RequestLog.objects.create(
+        request_id=uuid.uuid4(),
+        created_at=timezone.now(),
+        api_key=api_key,
+        instance=instance,
+        requested_model="auto",
+        served_model="vault-gpt",
+        outcome=Outcome.OK,
+        status_code=200,
+        decision={"strategy": "round-robin", "candidates": ["inst-a"]},
+    )
+
+
+@pytest.fixture
+def everything(provider, model, instance, api_key, routing_settings, request_log):
+    """Return one object of each registered model, keyed by model name."""
+    return {
+        "provider": provider,
+        "model": model,
+        "providerinstance": instance,
+        "apikey": api_key,
+        "routingsettings": routing_settings,
+        "requestlog": request_log,
+    }
+
+
+def url(name, *args):
+    """Return the admin URL of a routing model view."""
+    return reverse(f"admin:routing_{name}", args=args)
+
+
+def provider_data(**overrides):
+    """Return POST data for the provider form."""
+    data = {"name": "openai", "kind": "openai", "api_base": "https://api.openai.example/v1", "api_key": ""}
+    data.update(overrides)
+    return data
+
+
+def instance_data(model, provider, **overrides):
+    """Return POST data for the instance form."""
+    data = {
+        "id": "inst-new",
+        "model": model.pk,
+        "provider": provider.pk,
+        "litellm_model": "openai/gpt-4o-mini",
+        "api_base": "",
+        "weight": "1.0",
+        "rpm": "",
+        "tpm": "",
+        "timeout": "",
+        "stream_timeout": "",
+        "enabled": "on",
+        "api_key": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def model_data(model, rows=(), **overrides):
+    """Return POST data for the model form with its instance inline rows."""
+    data = {
+        "name": model.name,
+        "description": "",
+        "enabled": "on",
+        "strategy": "",
+        "capabilities": "general_chat",
+        "input_cost_per_mtok": "",
+        "output_cost_per_mtok": "",
+        "context_window": "",
+        "instances-TOTAL_FORMS": str(len(rows)),
+        "instances-INITIAL_FORMS": str(sum(1 for row in rows if row.pop("_initial", False))),
+        "instances-MIN_NUM_FORMS": "0",
+        "instances-MAX_NUM_FORMS": "1000",
+    }
+    for i, row in enumerate(rows):
+        data.update({f"instances-{i}-{field}": value for field, value in row.items()})
+    data.update(overrides)
+    return data
+
+
+def message_texts(response):
+    """Return the texts of the messages queued on a response."""
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+# --- Pages --------------------------------------------------------------------------------------------------------
+
+
+NAMES = ("provider", "model", "providerinstance", "apikey", "routingsettings", "requestlog")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_changelist_renders(admin_client, everything, name):
+    assert admin_client.get(url(f"{name}_changelist")).status_code == 200
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_change_page_renders(admin_client, everything, name):
+    assert admin_client.get(url(f"{name}_change", everything[name].pk)).status_code == 200
+
+
+@pytest.mark.parametrize("name", ("provider", "model", "providerinstance", "apikey"))
+def test_add_page_renders(admin_client, everything, name):
+    assert admin_client.get(url(f"{name}_add")).status_code == 200
+
+
+def test_index_has_the_chatvault_header(admin_client):
+    assert "ChatVault administration" in admin_client.get(reverse("admin:index")).content.decode()
+
+
+def test_changelists_search_and_filter(admin_client, everything):
+    log = everything["requestlog"]
+    assert admin_client.get(url("model_changelist"), {"q": "vault", "enabled__exact": "1"}).status_code == 200
+    assert admin_client.get(url("apikey_changelist"), {"status": "active"}).status_code == 200
+    by_id = admin_client.get(url("requestlog_changelist"), {"q": str(log.request_id)})
+    assert by_id.status_code == 200 and list(by_id.context["cl"].result_list) == [log]
+    by_text = admin_client.get(url("requestlog_changelist"), {"q": "aut"})
+    assert list(by_text.context["cl"].result_list) == [log]
+
+
+def test_non_staff_user_is_sent_to_login(client, django_user_model):
+    user = django_user_model.objects.create_user(username="bob", password="pw-for-bob-123")
+    client.force_login(user)
+    response = client.get(url("provider_changelist"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+# --- Upstream keys are write-only ---------------------------------------------------------------------------------
+
+
+def test_provider_typed_key_is_stored_encrypted_and_never_shown(admin_client):
+    response = admin_client.post(url("provider_add"), provider_data(api_key=SECRET))
+    assert response.status_code == 302
+    provider = Provider.objects.get(name="openai")
+    assert SECRET not in provider.api_key_ciphertext
+    assert secrets.decrypt(provider.api_key_ciphertext) == SECRET
+    assert provider.api_key_last4 == SECRET[-4:]
+
+    page = admin_client.get(url("provider_change", provider.pk)).content.decode()
+    assert SECRET not in page
+    assert provider.api_key_ciphertext not in page
+    assert f"…{SECRET[-4:]}" in page
+    listing = admin_client.get(url("provider_changelist")).content.decode()
+    assert SECRET not in listing and f"…{SECRET[-4:]}" in listing
+
+
+def test_provider_blank_key_keeps_the_current_one(admin_client, provider):
+    ciphertext = provider.api_key_ciphertext
+    response = admin_client.post(url("provider_change", provider.pk), provider_data(kind="openai-v2"))
+    assert response.status_code == 302
+    provider.refresh_from_db()
+    assert provider.kind == "openai-v2"
+    assert provider.api_key_ciphertext == ciphertext
+    assert provider.resolve_api_key() == SECRET
+
+
+def test_provider_key_is_replaced_or_cleared(admin_client, provider):
+    admin_client.post(url("provider_change", provider.pk), provider_data(api_key=OTHER_SECRET))
+    provider.refresh_from_db()
+    assert provider.resolve_api_key() == OTHER_SECRET
+
+    admin_client.post(url("provider_change", provider.pk), provider_data(clear_api_key="on"))
+    provider.refresh_from_db()
+    assert not provider.has_api_key()
+    assert provider.api_key_display() == "—"
+
+
+def test_provider_key_may_be_an_environment_reference(admin_client, provider):
+    admin_client.post(url("provider_change", provider.pk), provider_data(api_key="os.environ/OPENAI_API_KEY"))
+    provider.refresh_from_db()
+    assert provider.api_key_env == "OPENAI_API_KEY"
+    assert provider.api_key_ciphertext == ""
+    assert "os.environ/OPENAI_API_KEY" in admin_client.get(url("provider_change", provider.pk)).content.decode()
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"api_key": "os.environ/"}, {"api_key": OTHER_SECRET, "clear_api_key": "on"}], ids=str
+)
+def test_provider_rejects_a_bad_key_change(admin_client, provider, overrides):
+    response = admin_client.post(url("provider_change", provider.pk), provider_data(**overrides))
+    assert response.status_code == 200  # the form comes back with errors
+    assert response.context["adminform"].form.errors
+    provider.refresh_from_db()
+    assert provider.resolve_api_key() == SECRET
+
+
+def test_instance_typed_key_is_stored_encrypted_and_never_shown(admin_client, model, provider):
+    response = admin_client.post(url("providerinstance_add"), instance_data(model, provider, api_key=OTHER_SECRET))
+    assert response.status_code == 302
+    instance = ProviderInstance.objects.get(id="inst-new")
+    assert OTHER_SECRET not in instance.api_key_ciphertext
+    assert instance.effective_api_key() == OTHER_SECRET
+
+    page = admin_client.get(url("providerinstance_change", instance.pk)).content.decode()
+    assert OTHER_SECRET not in page and SECRET not in page
+    assert instance.api_key_ciphertext not in page
+    assert f"…{OTHER_SECRET[-4:]}" in page
+
+
+def test_instance_blank_key_keeps_the_current_one_and_id_is_fixed(admin_client, model, provider, instance):
+    instance.set_api_key(OTHER_SECRET)
+    instance.save()
+    data = instance_data(model, provider, id="inst-renamed", weight="3")
+    response = admin_client.post(url("providerinstance_change", instance.pk), data)
+    assert response.status_code == 302
+    instance.refresh_from_db()
+    assert instance.weight == 3
+    assert instance.resolve_api_key() == OTHER_SECRET
+    assert not ProviderInstance.objects.filter(id="inst-renamed").exists()
+
+
+def test_instance_without_a_key_shows_the_providers(admin_client, instance):
+    listing = admin_client.get(url("providerinstance_changelist")).content.decode()
+    assert f"provider&#x27;s (…{SECRET[-4:]})" in listing
+    assert SECRET not in listing
+
+
+# --- Models and inline instances ----------------------------------------------------------------------------------
+
+
+def test_model_capabilities_are_edited_as_comma_separated_text(admin_client, model):
+    page = admin_client.get(url("model_change", model.pk)).content.decode()
+    assert 'value="general_chat, code"' in page
+    admin_client.post(url("model_change", model.pk), model_data(model, capabilities=" code, , vision,code "))
+    model.refresh_from_db()
+    assert model.capabilities == ["code", "vision"]
+
+
+def test_model_inline_adds_an_instance_and_keeps_saved_ids(admin_client, model, provider, instance):
+    rows = [
+        {"_initial": True, "id": instance.pk, "provider": provider.pk, "litellm_model": "openai/gpt-4o",
+         "api_base": "", "weight": "2", "timeout": "", "stream_timeout": "", "enabled": "on"},
+        {"id": "inst-b", "provider": provider.pk, "litellm_model": "openai/gpt-4o-mini", "api_base": "",
+         "weight": "1", "timeout": "30", "stream_timeout": "", "enabled": "on"},
+    ]
+    response = admin_client.post(url("model_change", model.pk), model_data(model, rows))
+    assert response.status_code == 302, response.context["inline_admin_formsets"][0].formset.errors
+    assert set(model.instances.values_list("id", flat=True)) == {"inst-a", "inst-b"}
+    assert ProviderInstance.objects.get(id="inst-a").weight == 2
+    assert ProviderInstance.objects.get(id="inst-b").timeout == 30
+
+
+def test_model_inline_locks_the_id_of_saved_instances(admin_client, model, instance):
+    page = admin_client.get(url("model_change", model.pk)).content.decode()
+    assert re.search(r'<input[^>]*name="instances-0-id"[^>]*readonly', page)
+    assert "api_key" not in page
+
+
+def test_model_changelist_counts_instances(admin_client, instance):
+    response = admin_client.get(url("model_changelist"))
+    assert response.context["cl"].result_list[0].instance_count == 1
+
+
+@pytest.mark.parametrize("name", ("model", "providerinstance"))
+def test_enable_and_disable_actions_bump_the_revision(admin_client, everything, name):
+    obj = everything[name]
+    for action, enabled in (("disable_selected", False), ("enable_selected", True)):
+        before = ConfigRevision.current_token()
+        admin_client.post(url(f"{name}_changelist"), {"action": action, "_selected_action": [obj.pk]})
+        obj.refresh_from_db()
+        assert obj.enabled is enabled
+        assert ConfigRevision.current_token() != before
+
+
+# --- Client API keys ----------------------------------------------------------------------------------------------
+
+
+def test_adding_an_api_key_shows_it_once_and_stores_only_its_hash(admin_client, model):
+    data = {"name": "billing", "is_admin": "on", "allowed_models": [model.pk], "expires_at_0": "", "expires_at_1": ""}
+    response = admin_client.post(url("apikey_add"), data, follow=True)
+    assert response.status_code == 200
+    shown = [m for m in message_texts(response) if m.startswith("Copy this key now; it will not be shown again: ")]
+    assert len(shown) == 1
+    raw = re.search(rf"{KEY_PREFIX}\S+", shown[0]).group(0)
+
+    key = ApiKey.objects.get(name="billing")
+    assert key.key_hash == hash_key(raw)
+    assert key.prefix == raw[: len(key.prefix)]
+    assert raw not in {key.name, key.prefix, key.key_hash}
+    assert key.is_admin
+    assert list(key.allowed_models.all()) == [model]
+
+    for page in (url("apikey_changelist"), url("apikey_change", key.pk)):
+        html = admin_client.get(page).content.decode()
+        assert raw not in html
+        assert key.key_hash not in html
+
+
+def test_api_key_change_page_does_not_offer_the_secret_fields(admin_client, api_key):
+    form = admin_client.get(url("apikey_change", api_key.pk)).context["adminform"].form
+    assert "key_hash" not in form.fields and "prefix" not in form.fields
+
+
+def test_revoke_action_sets_revoked_at_and_bumps_the_revision(admin_client, api_key):
+    before = ConfigRevision.current_token()
+    response = admin_client.post(url("apikey_changelist"), {"action": "revoke_selected", "_selected_action": [api_key.pk]})
+    assert response.status_code == 302
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is not None
+    assert ConfigRevision.current_token() != before
+    listing = admin_client.get(url("apikey_changelist")).content.decode()
+    assert "revoked" in listing
+
+
+# --- Settings and the request log ---------------------------------------------------------------------------------
+
+
+def test_routing_settings_is_a_singleton(admin_client):
+    assert admin_client.get(url("routingsettings_add")).status_code == 200
+    response = admin_client.post(url("routingsettings_add"), {"default_strategy": "weighted"})
+    assert response.status_code == 302
+    assert RoutingSettings.load().default_strategy == "weighted"
+    assert RoutingSettings.objects.count() == 1
+    assert admin_client.get(url("routingsettings_add")).status_code == 403
+    assert admin_client.get(url("routingsettings_delete", 1)).status_code == 403
+
+
+def test_request_log_is_read_only(admin_client, request_log):
+    assert admin_client.get(url("requestlog_add")).status_code == 403
+    assert admin_client.get(url("requestlog_delete", request_log.pk)).status_code == 403
+    response = admin_client.post(url("requestlog_change", request_log.pk), {"status_code": "500"})
+    assert response.status_code == 403
+    request_log.refresh_from_db()
+    assert request_log.status_code == 200
+
+
+def test_request_log_detail_pretty_prints_the_decision(admin_client, request_log):
+    page = admin_client.get(url("requestlog_change", request_log.pk)).content.decode()
+    assert '<pre>{\n  &quot;candidates&quot;: [\n    &quot;inst-a&quot;\n  ],' in page
+
+
+def test_request_log_changelist_does_not_query_per_row(admin_client, request_log, django_assert_max_num_queries):
+    for _ in range(5):
+        RequestLog.objects.create(
+            request_id=uuid.uuid4(), created_at=timezone.now(), api_key=request_log.api_key,
+            instance=request_log.instance, outcome=Outcome.OK, status_code=200,
+        )
+    admin_client.get(url("requestlog_changelist"))  # warm the session and content types
+    with django_assert_max_num_queries(12):
+        assert admin_client.get(url("requestlog_changelist")).status_code == 200

@@ -1,0 +1,550 @@
+"""Tests for routing/config_io.py and the import_routing_config / export_routing_config commands."""
+
+import copy
+import io
+import re
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from routing import secrets
+from routing.config_io import ConfigError, load_config_file, routing_config_export, routing_config_import
+from routing.models import ConfigRevision, Model, Provider, ProviderInstance, RoutingSettings
+
+LITERAL_KEY = "sk-literal-secret-abcd1234"
+
+REALISTIC = """\
+model_list:
+  - model_name: vault-gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:9001/v1
+      api_key: os.environ/OPENAI_API_KEY
+      weight: 2
+      rpm: 100
+      tpm: 10000
+      timeout: 30
+      stream_timeout: 10
+    model_info:
+      id: mini-a
+  - model_name: vault-gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:9002/v1
+      api_key: sk-literal-secret-abcd1234
+      max_parallel_requests: 5
+  - model_name: vault-claude
+    litellm_params:
+      model: anthropic/claude-3-5-haiku-20241022
+      api_key: os.environ/ANTHROPIC_API_KEY
+      timeout: 60
+    model_info:
+      id: claude-1
+      enabled: true
+router_settings:
+  routing_strategy: simple-shuffle
+  num_retries: 2
+litellm_settings:
+  drop_params: true
+  success_callback: ["langfuse"]
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+model_routing:
+  auto_select: true
+  capabilities:
+    vault-gpt-4o-mini: [general_chat, question_answering, analysis]
+    vault-claude: [analysis]
+  experiments: []
+"""
+
+
+def realistic():
+    """Return the realistic config as a fresh mapping."""
+    return yaml.safe_load(REALISTIC)
+
+
+def db_state():
+    """Return every routing row that an import may touch, as comparable plain values."""
+    return {
+        "providers": sorted(Provider.objects.values_list("name", "kind", "openai_compatible", "api_base")),
+        "models": sorted(Model.objects.values_list("name", "enabled", "capabilities")),
+        "instances": sorted(
+            ProviderInstance.objects.values_list(
+                "id", "model__name", "provider__name", "litellm_model", "api_base", "weight", "rpm", "tpm",
+                "timeout", "stream_timeout", "enabled", "api_key_ciphertext", "api_key_env", "api_key_last4",
+            )
+        ),
+        "settings": list(RoutingSettings.objects.values_list("default_strategy", "auto_select")),
+        "revision": ConfigRevision.current_token(),
+    }
+
+
+def write(tmp_path, data, name="config.yaml"):
+    """Write data (a mapping or YAML text) to a file and return its path."""
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_import(path, *args):
+    """Run import_routing_config on path and return its stdout."""
+    out = io.StringIO()
+    call_command("import_routing_config", str(path), *args, stdout=out)
+    return out.getvalue()
+
+
+def run_export(*args):
+    """Run export_routing_config to stdout and return the parsed YAML and the raw text."""
+    out = io.StringIO()
+    call_command("export_routing_config", *args, stdout=out)
+    return yaml.safe_load(out.getvalue()), out.getvalue()
+
+
+@pytest.mark.django_db
+def test_it_imports_a_realistic_litellm_config():
+    report = routing_config_import(data=realistic())
+
+    mini = Model.objects.get(name="vault-gpt-4o-mini")
+    assert mini.enabled
+    assert mini.capabilities == ["general_chat", "question_answering", "analysis"]
+    assert Model.objects.get(name="vault-claude").capabilities == ["analysis"]
+
+    a = ProviderInstance.objects.get(pk="mini-a")
+    assert (a.model, a.litellm_model, a.api_base) == (mini, "openai/gpt-4o-mini", "http://127.0.0.1:9001/v1")
+    assert (a.weight, a.rpm, a.tpm, a.timeout, a.stream_timeout, a.enabled) == (2.0, 100, 10000, 30.0, 10.0, True)
+    b = ProviderInstance.objects.get(model=mini, api_base="http://127.0.0.1:9002/v1")
+    assert b.id.startswith("inst-")
+    assert (b.weight, b.rpm, b.tpm, b.timeout, b.stream_timeout) == (1.0, None, None, None, None)
+    claude = ProviderInstance.objects.get(pk="claude-1")
+    assert claude.model.name == "vault-claude"
+    assert claude.timeout == 60.0
+    assert claude.api_base == ""
+
+    openai = Provider.objects.get(name="openai")
+    assert (openai.kind, openai.openai_compatible, openai.api_base) == ("openai", True, "https://api.openai.com/v1")
+    anthropic = Provider.objects.get(name="anthropic")
+    assert (anthropic.kind, anthropic.openai_compatible) == ("anthropic", False)
+    assert a.provider == b.provider == openai
+    assert claude.provider == anthropic
+
+    row = RoutingSettings.load()
+    assert row.default_strategy == "weighted"
+    assert row.auto_select is True
+
+    assert (report.created, report.updated, report.disabled) == (2 + 3 + 2 + 1, 0, 0)
+    assert any(w.startswith("litellm_settings ") for w in report.warnings)
+    assert any(w.startswith("general_settings ") for w in report.warnings)
+    assert any("router_settings.num_retries" in w for w in report.warnings)
+    assert any("model_list[1]" in w and "litellm_params.max_parallel_requests" in w for w in report.warnings)
+    assert len(report.warnings) == 4
+
+
+@pytest.mark.django_db
+def test_it_maps_model_strings_to_provider_kinds():
+    data = {
+        "model_list": [
+            {"model_name": "bare", "litellm_params": {"model": "gpt-4o"}},
+            {
+                "model_name": "vllm",
+                "litellm_params": {"model": "hosted_vllm/llama", "api_base": "http://127.0.0.1:8000/v1"},
+            },
+        ]
+    }
+    routing_config_import(data=data)
+
+    assert ProviderInstance.objects.get(model__name="bare").provider.kind == "openai"
+    vllm = Provider.objects.get(name="hosted_vllm")
+    assert (vllm.openai_compatible, vllm.api_base) == (True, "")
+
+
+@pytest.mark.django_db
+def test_it_reuses_existing_providers_without_changing_them():
+    existing = Provider.objects.create(name="openai", kind="openai", openai_compatible=False, api_base="")
+
+    routing_config_import(data=realistic())
+
+    existing.refresh_from_db()
+    assert (existing.openai_compatible, existing.api_base) == (False, "")
+    assert Provider.objects.filter(kind="openai").count() == 1
+    assert ProviderInstance.objects.get(pk="mini-a").provider == existing
+
+
+@pytest.mark.django_db
+def test_it_stores_literal_keys_encrypted_and_references_as_references():
+    routing_config_import(data=realistic())
+
+    literal = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1")
+    assert literal.api_key_ciphertext
+    assert LITERAL_KEY not in literal.api_key_ciphertext
+    assert secrets.decrypt(literal.api_key_ciphertext) == LITERAL_KEY
+    assert literal.api_key_last4 == "1234"
+    assert literal.api_key_env == ""
+
+    reference = ProviderInstance.objects.get(pk="mini-a")
+    assert reference.api_key_env == "OPENAI_API_KEY"
+    assert (reference.api_key_ciphertext, reference.api_key_last4) == ("", "")
+    assert reference.api_key_reference() == "os.environ/OPENAI_API_KEY"
+
+
+@pytest.mark.django_db
+def test_a_second_import_of_the_same_file_changes_nothing():
+    routing_config_import(data=realistic())
+    before = db_state()
+
+    report = routing_config_import(data=realistic())
+
+    assert (report.created, report.updated, report.disabled) == (0, 0, 0)
+    assert report.unchanged == 2 + 3 + 1  # models, instances, settings
+    assert not report.changes
+    assert db_state() == before
+    assert ConfigRevision.current_token() == before["revision"]
+
+
+@pytest.mark.django_db
+def test_it_matches_instances_without_id_by_model_string_and_endpoint():
+    routing_config_import(data=realistic())
+    generated = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1").pk
+    data = realistic()
+    data["model_list"][1]["litellm_params"]["weight"] = 5
+
+    report = routing_config_import(data=data)
+
+    assert ProviderInstance.objects.count() == 3
+    assert ProviderInstance.objects.get(pk=generated).weight == 5.0
+    assert (report.created, report.updated) == (0, 1)
+    assert report.changes == [f"update instance {generated}: weight"]
+
+
+@pytest.mark.django_db
+def test_leaving_a_model_or_instance_out_disables_it():
+    routing_config_import(data=realistic())
+    data = realistic()
+    del data["model_list"][2]  # vault-claude, the model's only instance
+    del data["model_list"][0]  # mini-a
+    del data["model_routing"]["capabilities"]["vault-claude"]
+
+    report = routing_config_import(data=data)
+
+    assert Model.objects.get(name="vault-claude").enabled is False
+    assert ProviderInstance.objects.get(pk="claude-1").enabled is False
+    assert ProviderInstance.objects.get(pk="mini-a").enabled is False
+    assert Model.objects.get(name="vault-gpt-4o-mini").enabled is True
+    assert ProviderInstance.objects.filter(enabled=True).count() == 1
+    assert (Model.objects.count(), ProviderInstance.objects.count()) == (2, 3)
+    assert report.disabled == 3
+
+    # Listing them again brings them back.
+    routing_config_import(data=realistic())
+    assert Model.objects.filter(enabled=True).count() == 2
+    assert ProviderInstance.objects.filter(enabled=True).count() == 3
+
+
+@pytest.mark.django_db
+def test_an_entry_without_api_key_keeps_the_stored_secret():
+    routing_config_import(data=realistic())
+    literal = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1")
+    stored = (literal.api_key_ciphertext, literal.api_key_last4)
+    data = realistic()
+    for entry in data["model_list"]:
+        entry["litellm_params"].pop("api_key")
+    token = ConfigRevision.current_token()
+
+    report = routing_config_import(data=data)
+
+    literal.refresh_from_db()
+    assert (literal.api_key_ciphertext, literal.api_key_last4) == stored
+    assert ProviderInstance.objects.get(pk="mini-a").api_key_env == "OPENAI_API_KEY"
+    assert not report.changed
+    assert ConfigRevision.current_token() == token
+
+
+@pytest.mark.django_db
+def test_a_changed_key_replaces_the_stored_one():
+    routing_config_import(data=realistic())
+    data = realistic()
+    data["model_list"][0]["litellm_params"]["api_key"] = "sk-new-key-9999"
+
+    report = routing_config_import(data=data)
+
+    inst = ProviderInstance.objects.get(pk="mini-a")
+    assert (inst.api_key_env, inst.api_key_last4) == ("", "9999")
+    assert inst.resolve_api_key() == "sk-new-key-9999"
+    assert report.changes == ["update instance mini-a: api_key"]
+
+
+@pytest.mark.django_db
+def test_export_leaves_literal_secrets_out_unless_asked():
+    routing_config_import(data=realistic())
+
+    exported = routing_config_export()
+    text = yaml.safe_dump(exported)
+    assert LITERAL_KEY not in text
+    assert "os.environ/OPENAI_API_KEY" in text
+    by_id = {e["model_info"]["id"]: e for e in exported["model_list"]}
+    assert by_id["mini-a"]["litellm_params"]["api_key"] == "os.environ/OPENAI_API_KEY"
+    literal_id = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1").pk
+    assert "api_key" not in by_id[literal_id]["litellm_params"]
+
+    with_secrets = routing_config_export(include_secrets=True)
+    by_id = {e["model_info"]["id"]: e for e in with_secrets["model_list"]}
+    assert by_id[literal_id]["litellm_params"]["api_key"] == LITERAL_KEY
+    assert by_id["mini-a"]["litellm_params"]["api_key"] == "os.environ/OPENAI_API_KEY"
+
+
+@pytest.mark.django_db
+def test_export_writes_the_import_format():
+    routing_config_import(data=realistic())
+    disabled = Model.objects.create(name="aaa-disabled", enabled=False, capabilities=["x"])
+    ProviderInstance.objects.create(
+        id="old-1", model=disabled, provider=Provider.objects.get(name="openai"), litellm_model="openai/gpt-3.5-turbo"
+    )
+    ProviderInstance.objects.filter(pk="mini-a").update(enabled=False)
+
+    exported = routing_config_export()
+
+    literal_id = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1").pk
+    names_ids = [(e["model_name"], e["model_info"]["id"]) for e in exported["model_list"]]
+    assert names_ids == sorted([("vault-claude", "claude-1"), ("vault-gpt-4o-mini", "mini-a"),
+                                ("vault-gpt-4o-mini", literal_id)])
+    mini_a = next(e for e in exported["model_list"] if e["model_info"]["id"] == "mini-a")
+    assert mini_a["model_info"] == {"id": "mini-a", "enabled": False}
+    assert mini_a["litellm_params"] == {
+        "model": "openai/gpt-4o-mini",
+        "api_base": "http://127.0.0.1:9001/v1",
+        "api_key": "os.environ/OPENAI_API_KEY",
+        "weight": 2,
+        "rpm": 100,
+        "tpm": 10000,
+        "timeout": 30,
+        "stream_timeout": 10,
+    }
+    claude = next(e for e in exported["model_list"] if e["model_info"]["id"] == "claude-1")
+    assert claude["litellm_params"] == {
+        "model": "anthropic/claude-3-5-haiku-20241022", "api_key": "os.environ/ANTHROPIC_API_KEY",
+        "weight": 1, "timeout": 60,
+    }
+    assert exported["router_settings"] == {"routing_strategy": "weighted"}
+    assert exported["model_routing"] == {
+        "auto_select": True,
+        "capabilities": {
+            "vault-claude": ["analysis"],
+            "vault-gpt-4o-mini": ["general_chat", "question_answering", "analysis"],
+        },
+        "experiments": [],
+    }
+
+
+@pytest.mark.django_db
+def test_export_then_import_is_a_no_op():
+    routing_config_import(data=realistic())
+    # State the file did not create: a disabled model with a still-enabled instance, and a disabled instance.
+    disabled = Model.objects.create(name="retired", enabled=False)
+    ProviderInstance.objects.create(
+        id="retired-1", model=disabled, provider=Provider.objects.get(name="openai"), litellm_model="openai/gpt-4"
+    )
+    ProviderInstance.objects.filter(pk="claude-1").update(enabled=False)
+    ConfigRevision.bump()
+    before = db_state()
+
+    report = routing_config_import(data=yaml.safe_load(yaml.safe_dump(routing_config_export())))
+
+    assert not report.changed, report.changes
+    assert report.warnings == []
+    assert db_state() == before
+
+
+@pytest.mark.django_db
+def test_a_dry_run_saves_nothing():
+    before = db_state()
+
+    report = routing_config_import(data=realistic(), dry_run=True)
+
+    assert report.created == 8
+    assert report.dry_run
+    assert db_state() == before
+
+
+BAD_FILES = [
+    (
+        lambda d: d["model_list"][2]["litellm_params"].pop("model"),
+        "model_list[2] (vault-claude): litellm_params.model is required",
+    ),
+    (
+        lambda d: d["model_list"][0]["litellm_params"].update(weight="heavy"),
+        "model_list[0] (vault-gpt-4o-mini): litellm_params.weight must be a number",
+    ),
+    (
+        lambda d: d["model_list"][0]["litellm_params"].update(weight=-1),
+        "model_list[0] (vault-gpt-4o-mini): litellm_params.weight must not be negative",
+    ),
+    (
+        lambda d: d["model_list"][2]["litellm_params"].update(timeout=0),
+        "model_list[2] (vault-claude): litellm_params.timeout must be positive",
+    ),
+    (
+        lambda d: d["model_list"][1]["litellm_params"].update(rpm=1.5),
+        "model_list[1] (vault-gpt-4o-mini): litellm_params.rpm must be a whole number",
+    ),
+    (
+        lambda d: d["model_list"][1]["litellm_params"].update(api_base="not a url"),
+        "model_list[1] (vault-gpt-4o-mini): litellm_params.api_base 'not a url' is not an http(s) URL",
+    ),
+    (
+        lambda d: d["model_list"][1].pop("model_name"),
+        "model_list[1]: model_name is required",
+    ),
+    (
+        lambda d: d["model_list"][2]["model_info"].update(id="mini-a"),
+        "model_list[2] (vault-claude): model_info.id 'mini-a' is already used by model_list[0]",
+    ),
+    (
+        lambda d: d["router_settings"].update(routing_strategy="fastest"),
+        "router_settings.routing_strategy: unknown routing strategy 'fastest'",
+    ),
+    (
+        lambda d: d["model_routing"]["capabilities"].update({"vault-claude": "analysis"}),
+        "model_routing.capabilities.vault-claude: must be a list of capability strings",
+    ),
+    (
+        lambda d: d["model_routing"]["capabilities"].update({"vault-ghost": ["analysis"]}),
+        "model_routing.capabilities.vault-ghost: model 'vault-ghost' is not in model_list",
+    ),
+    (
+        lambda d: d.update(model_list={"vault-x": {}}),
+        "model_list must be a list",
+    ),
+    (
+        lambda d: d.pop("model_list"),
+        "model_list is required",
+    ),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("spoil", "message"), BAD_FILES, ids=[m.split(":")[0] + m[-12:] for _, m in BAD_FILES])
+def test_a_bad_file_is_refused_naming_the_entry_and_changes_nothing(tmp_path, spoil, message):
+    routing_config_import(data=realistic())
+    # Make the valid part of the bad file differ from the database, so a partial write would show.
+    data = copy.deepcopy(realistic())
+    data["model_list"][0]["litellm_params"]["rpm"] = 999
+    data["router_settings"]["routing_strategy"] = "least-busy"
+    spoil(data)
+    before = db_state()
+
+    with pytest.raises(CommandError, match=r"(?s)invalid routing config.*" + re.escape(message)):
+        run_import(write(tmp_path, data))
+
+    assert db_state() == before
+    with pytest.raises(ConfigError):
+        routing_config_import(data=data)
+    assert db_state() == before
+
+
+@pytest.mark.django_db
+def test_every_problem_is_reported_at_once():
+    data = realistic()
+    data["model_list"][0]["litellm_params"]["weight"] = -3
+    data["model_list"][2]["litellm_params"]["stream_timeout"] = "soon"
+
+    with pytest.raises(ConfigError) as info:
+        routing_config_import(data=data)
+
+    assert len(info.value.errors) == 2
+    assert info.value.errors[0].startswith("model_list[0] (vault-gpt-4o-mini): litellm_params.weight")
+    assert info.value.errors[1].startswith("model_list[2] (vault-claude): litellm_params.stream_timeout")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("model_list: [\n  - model_name: x\n", "invalid YAML"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("", "the top level must be a mapping"),
+    ],
+)
+def test_load_config_file_refuses_what_is_not_a_yaml_mapping(tmp_path, content, message):
+    path = write(tmp_path, content)
+
+    with pytest.raises(ConfigError, match=message):
+        load_config_file(path)
+
+
+@pytest.mark.django_db
+def test_the_import_command_refuses_a_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="cannot read the file"):
+        run_import(tmp_path / "missing.yaml")
+    assert Model.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_import_command_prints_one_line_per_warning_and_a_summary(tmp_path):
+    data = realistic()
+    data["model_routing"]["experiments"] = [{"name": "a"}, {"name": "b"}]
+    path = write(tmp_path, data)
+
+    lines = run_import(path).splitlines()
+
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 5
+    assert "warning: experiments are not yet supported; 2 entries ignored" in warnings
+    assert any(line.startswith("warning: litellm_settings ") for line in warnings)
+    assert lines[-1] == "8 created, 0 updated, 0 disabled, 0 unchanged, 5 warnings"
+    assert len(lines) == 6
+    assert Model.objects.count() == 2
+
+    assert run_import(path).splitlines()[-1] == "0 created, 0 updated, 0 disabled, 6 unchanged, 5 warnings"
+
+
+@pytest.mark.django_db
+def test_the_import_command_dry_run_saves_nothing(tmp_path):
+    out = run_import(write(tmp_path, realistic()), "--dry-run", "--verbosity", "2")
+
+    assert "create model vault-claude" in out
+    assert out.splitlines()[-1].startswith("dry run, nothing saved: 8 created")
+    assert Model.objects.count() == 0
+    assert ConfigRevision.current_token() is None
+
+
+@pytest.mark.django_db
+def test_the_export_command_round_trips_through_a_file(tmp_path):
+    routing_config_import(data=realistic())
+    path = tmp_path / "exported.yaml"
+
+    out = io.StringIO()
+    call_command("export_routing_config", str(path), stdout=out)
+
+    assert LITERAL_KEY not in path.read_text()
+    assert path.stat().st_mode & 0o077 == 0
+    before = db_state()
+    assert run_import(path).splitlines() == ["0 created, 0 updated, 0 disabled, 6 unchanged, 0 warnings"]
+    assert db_state() == before
+
+
+@pytest.mark.django_db
+def test_the_export_command_writes_yaml_to_stdout():
+    routing_config_import(data=realistic())
+
+    plain, text = run_export()
+    assert LITERAL_KEY not in text
+    assert plain == routing_config_export()
+
+    with_secrets, text = run_export("--include-secrets")
+    assert LITERAL_KEY in text
+    assert with_secrets == routing_config_export(include_secrets=True)
+
+
+@pytest.mark.django_db
+def test_an_export_imports_into_an_empty_database(tmp_path):
+    routing_config_import(data=realistic())
+    exported = routing_config_export(include_secrets=True)
+    ProviderInstance.objects.all().delete()
+    Model.objects.all().delete()
+    Provider.objects.all().delete()
+
+    routing_config_import(data=exported)
+
+    assert routing_config_export(include_secrets=True) == exported
+    literal = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1")
+    assert literal.resolve_api_key() == LITERAL_KEY
