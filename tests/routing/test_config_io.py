@@ -548,3 +548,26 @@ def test_an_export_imports_into_an_empty_database(tmp_path):
     assert routing_config_export(include_secrets=True) == exported
     literal = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1")
     assert literal.resolve_api_key() == LITERAL_KEY
+
+
+@pytest.mark.django_db
+def test_a_provider_name_taken_by_another_kind_is_refused_and_changes_nothing():
+    Provider.objects.create(name="openai", kind="azure")
+    before = db_state()
+
+    with pytest.raises(ConfigError, match=r"model_list\[0\] \(vault-gpt-4o-mini\): provider 'openai' exists"):
+        routing_config_import(data=realistic())
+
+    assert db_state() == before
+
+
+@pytest.mark.django_db
+def test_an_instance_id_listed_under_another_model_moves_there():
+    routing_config_import(data=realistic())
+    data = realistic()
+    data["model_list"][0]["model_name"] = "vault-claude"
+
+    report = routing_config_import(data=data)
+
+    assert ProviderInstance.objects.get(pk="mini-a").model.name == "vault-claude"
+    assert report.changes == ["update instance mini-a: model"]

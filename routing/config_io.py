@@ -1,0 +1,627 @@
+"""Import and export of the routing configuration as a LiteLLM proxy `config.yaml`.
+
+The file is the desired state. Import validates the whole file first (a bad file changes nothing), then, in one
+transaction, makes the database match it: models and instances it lists are created or updated, the ones it no
+longer lists are disabled (never deleted). Only rows whose fields actually change are saved, so importing the same
+file again saves nothing and leaves `ConfigRevision` alone. Providers (one per litellm prefix) are created when
+missing and never modified.
+
+The format, beyond LiteLLM's own keys:
+- `model_info.id` is the stable instance id (`ProviderInstance.id`), `model_info.enabled` its switch;
+- `model_routing` holds ChatVault's `auto_select` and per-model `capabilities` (and `experiments`, not supported yet).
+A section or key left out means its default (round-robin, auto_select false, no capabilities), as for any desired
+state. Keys of a real LiteLLM config that ChatVault does not use give one warning each and are otherwise ignored.
+An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it.
+
+Export writes the same format, without disabled models. Literal API keys are left out unless asked for, so
+export -> import round-trips without a secret ever being printed.
+"""
+
+import dataclasses
+import math
+
+import yaml
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import URLValidator
+from django.db import transaction
+
+from routing import secrets
+from routing.adapters import OPENAI_COMPATIBLE_KINDS
+from routing.balancer import normalize_strategy
+from routing.models import Model, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
+
+TOP_LEVEL_KEYS = ("model_list", "router_settings", "model_routing")
+ENTRY_KEYS = ("model_name", "litellm_params", "model_info")
+PARAM_KEYS = ("model", "api_base", "api_key", "weight", "rpm", "tpm", "timeout", "stream_timeout")
+INFO_KEYS = ("id", "enabled")
+ROUTER_KEYS = ("routing_strategy",)
+MODEL_ROUTING_KEYS = ("auto_select", "capabilities", "experiments")
+
+# LiteLLM's own rule for a model string without a provider prefix.
+DEFAULT_KIND = "openai"
+# PositiveIntegerField's upper bound on every backend we run on.
+MAX_INT = 2_147_483_647
+API_KEY_FIELDS = ["api_key_ciphertext", "api_key_env", "api_key_last4"]
+
+_validate_url = URLValidator(schemes=["http", "https"])
+
+
+class ConfigError(Exception):
+    """A routing configuration that cannot be imported; `errors` names each bad entry."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did (or, in a dry run, would do)."""
+
+    created: int = 0
+    updated: int = 0
+    disabled: int = 0
+    unchanged: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    changes: list[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self):
+        """Return whether the import changed (or would change) anything."""
+        return bool(self.created or self.updated or self.disabled)
+
+    def summary(self):
+        """Return a one-line summary of the counts."""
+        counts = (
+            f"{self.created} created, {self.updated} updated, {self.disabled} disabled, "
+            f"{self.unchanged} unchanged, {len(self.warnings)} warning{'' if len(self.warnings) == 1 else 's'}"
+        )
+        return f"dry run, nothing saved: {counts}" if self.dry_run else counts
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One validated `model_list` entry: the desired state of one instance."""
+
+    label: str
+    model_name: str
+    kind: str
+    litellm_model: str
+    api_base: str
+    api_key: str | None  # None keeps the key the instance already has
+    weight: float
+    rpm: int | None
+    tpm: int | None
+    timeout: float | None
+    stream_timeout: float | None
+    instance_id: str | None
+    enabled: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A validated configuration file."""
+
+    entries: list[_Entry]
+    model_names: list[str]
+    strategy: str
+    auto_select: bool
+    capabilities: dict[str, list[str]]
+
+
+def load_config_file(path):
+    """Return the mapping in a YAML config file; raise ConfigError if it is unreadable or not a YAML mapping."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not a UTF-8 text file"]) from None
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError([f"{path}: invalid YAML: {detail}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping with a model_list"])
+    return data
+
+
+def routing_config_import(*, data: dict, dry_run: bool = False) -> ImportReport:
+    """Make the routing configuration match a LiteLLM-style config; raise ConfigError and change nothing if invalid."""
+    plan, warnings = _parse(data)
+    report = ImportReport(warnings=warnings, dry_run=dry_run)
+    with transaction.atomic():
+        _apply(plan, report)
+        if dry_run:
+            transaction.set_rollback(True)
+    return report
+
+
+def routing_config_export(*, include_secrets: bool = False) -> dict:
+    """Return the routing configuration as a LiteLLM-style config; literal keys only when include_secrets."""
+    row = RoutingSettings.objects.filter(pk=1).first()
+    # Disabled models are left out entirely, so importing an export never re-enables anything.
+    instances = (
+        ProviderInstance.objects.filter(model__enabled=True).select_related("model").order_by("model__name", "id")
+    )
+    model_list = [_export_entry(inst, include_secrets=include_secrets) for inst in instances]
+    listed = {entry["model_name"] for entry in model_list}
+    capabilities = {
+        model.name: list(model.capabilities)
+        for model in Model.objects.filter(enabled=True, name__in=listed).order_by("name")
+        if model.capabilities
+    }
+    return {
+        "model_list": model_list,
+        "router_settings": {"routing_strategy": row.default_strategy if row else str(RoutingStrategy.ROUND_ROBIN)},
+        "model_routing": {
+            "auto_select": row.auto_select if row else False,
+            "capabilities": capabilities,
+            "experiments": [],
+        },
+    }
+
+
+# --- validation ---------------------------------------------------------------------------------------------------
+
+
+def _parse(data):
+    """Return the validated plan and the warnings for a config mapping; raise ConfigError listing every problem."""
+    errors, warnings = [], []
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping with a model_list"])
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            warnings.append(f"{key} is not used by ChatVault; ignored")
+
+    entries = []
+    # Unused keys inside entries are reported once per key path, with the entries that have it.
+    unused = {}
+    raw_list = data.get("model_list")
+    if "model_list" not in data:
+        errors.append("model_list is required (an empty list disables every model)")
+    elif raw_list is None:
+        raw_list = []
+    elif not isinstance(raw_list, list):
+        errors.append("model_list must be a list of entries")
+        raw_list = []
+    for index, raw in enumerate(raw_list or []):
+        entry = _parse_entry(index, raw, errors, unused)
+        if entry is not None:
+            entries.append(entry)
+    for path, indexes in unused.items():
+        where = ", ".join(str(i) for i in indexes)
+        warnings.append(f"model_list[{where}]: {path} is not used by ChatVault; ignored")
+
+    seen_ids = {}
+    for entry in entries:
+        if entry.instance_id is None:
+            continue
+        if entry.instance_id in seen_ids:
+            errors.append(
+                f"{entry.label}: model_info.id {entry.instance_id!r} is already used by {seen_ids[entry.instance_id]}"
+            )
+        else:
+            seen_ids[entry.instance_id] = entry.label
+    model_names = list(dict.fromkeys(entry.model_name for entry in entries))
+
+    # Invalid entries' names count too: their error is already reported, and a second one about capabilities
+    # would point at the wrong place.
+    named = {raw.get("model_name") for raw in raw_list or [] if isinstance(raw, dict)}
+    named = {name for name in named if isinstance(name, str)}
+    strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
+    auto_select, capabilities = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
+
+    if errors:
+        raise ConfigError(errors)
+    plan = _Plan(
+        entries=entries,
+        model_names=model_names,
+        strategy=strategy,
+        auto_select=auto_select,
+        capabilities=capabilities,
+    )
+    return plan, warnings
+
+
+def _parse_entry(index, raw, errors, unused):
+    """Return the validated entry at model_list[index], or None after adding its problems to errors."""
+    if not isinstance(raw, dict):
+        errors.append(f"model_list[{index}]: must be a mapping with model_name and litellm_params")
+        return None
+    name = raw.get("model_name")
+    named = isinstance(name, str) and name.strip()
+    label = f"model_list[{index}] ({name})" if named else f"model_list[{index}]"
+    problems = []
+    if name is None:
+        problems.append("model_name is required")
+    elif not named:
+        problems.append("model_name must be a non-empty string")
+    elif len(name) > Model._meta.get_field("name").max_length:
+        problems.append("model_name is too long")
+    for key in raw:
+        if key not in ENTRY_KEYS:
+            unused.setdefault(str(key), []).append(index)
+
+    params = raw.get("litellm_params")
+    params_given = isinstance(params, dict)
+    if params is None:
+        problems.append("litellm_params is required")
+    elif not params_given:
+        problems.append("litellm_params must be a mapping")
+    if not params_given:
+        params = {}
+    info = raw.get("model_info")
+    if info is None:
+        info = {}
+    elif not isinstance(info, dict):
+        problems.append("model_info must be a mapping")
+        info = {}
+    for section, mapping, known in (("litellm_params", params, PARAM_KEYS), ("model_info", info, INFO_KEYS)):
+        for key in mapping:
+            if key not in known:
+                unused.setdefault(f"{section}.{key}", []).append(index)
+
+    litellm_model = params.get("model")
+    kind = ""
+    if litellm_model is None:
+        if params_given:  # a missing litellm_params is reported once, above
+            problems.append("litellm_params.model is required")
+    elif not isinstance(litellm_model, str) or not litellm_model.strip():
+        problems.append("litellm_params.model must be a non-empty string")
+    elif len(litellm_model) > ProviderInstance._meta.get_field("litellm_model").max_length:
+        problems.append("litellm_params.model is too long")
+    else:
+        prefix, sep, _ = litellm_model.partition("/")
+        kind = prefix if sep else DEFAULT_KIND
+        if not kind:
+            problems.append(f"litellm_params.model {litellm_model!r} has an empty provider prefix")
+        elif len(kind) > Provider._meta.get_field("kind").max_length:
+            problems.append(f"litellm_params.model {litellm_model!r} has a provider prefix that is too long")
+
+    api_base = params.get("api_base")
+    if api_base is None:
+        api_base = ""
+    elif not isinstance(api_base, str):
+        problems.append("litellm_params.api_base must be a URL string")
+    elif api_base:
+        try:
+            _validate_url(api_base)
+        except ValidationError:
+            problems.append(f"litellm_params.api_base {api_base!r} is not an http(s) URL")
+        if len(api_base) > ProviderInstance._meta.get_field("api_base").max_length:
+            problems.append("litellm_params.api_base is too long")
+
+    api_key = params.get("api_key")
+    if "api_key" in params:
+        if not isinstance(api_key, str):
+            problems.append("litellm_params.api_key must be a string (omit it to keep the stored key)")
+        elif api_key.startswith(secrets.ENV_PREFIX):
+            env_name = secrets.env_reference_name(api_key)
+            if not env_name:
+                problems.append("litellm_params.api_key os.environ/ reference names no variable")
+            elif len(env_name) > ProviderInstance._meta.get_field("api_key_env").max_length:
+                problems.append("litellm_params.api_key environment variable name is too long")
+
+    weight = _number(params, "weight", problems, minimum=0)
+    rpm = _count(params, "rpm", problems)
+    tpm = _count(params, "tpm", problems)
+    timeout = _number(params, "timeout", problems, positive=True)
+    stream_timeout = _number(params, "stream_timeout", problems, positive=True)
+
+    instance_id = info.get("id")
+    if instance_id is not None:
+        # YAML reads `id: 42` as a number; LiteLLM treats ids as strings.
+        if isinstance(instance_id, int) and not isinstance(instance_id, bool):
+            instance_id = str(instance_id)
+        if not isinstance(instance_id, str) or not instance_id.strip():
+            problems.append("model_info.id must be a non-empty string")
+        elif len(instance_id) > ProviderInstance._meta.get_field("id").max_length:
+            problems.append("model_info.id is too long")
+    enabled = info.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append("model_info.enabled must be true or false")
+
+    if problems:
+        errors.extend(f"{label}: {problem}" for problem in problems)
+        return None
+    return _Entry(
+        label=label,
+        model_name=name,
+        kind=kind,
+        litellm_model=litellm_model,
+        api_base=api_base,
+        api_key=api_key,
+        weight=1.0 if weight is None else float(weight),
+        rpm=rpm,
+        tpm=tpm,
+        timeout=None if timeout is None else float(timeout),
+        stream_timeout=None if stream_timeout is None else float(stream_timeout),
+        instance_id=instance_id,
+        enabled=enabled,
+    )
+
+
+def _number(params, key, problems, *, minimum=None, positive=False):
+    """Return litellm_params[key] as a number or None when absent; add a problem if it is not a valid one."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        problems.append(f"litellm_params.{key} must be a number, not {value!r}")
+    elif positive and value <= 0:
+        problems.append(f"litellm_params.{key} must be positive, not {value!r}")
+    elif minimum is not None and value < minimum:
+        problems.append(f"litellm_params.{key} must not be negative, not {value!r}")
+    else:
+        return value
+    return None
+
+
+def _count(params, key, problems):
+    """Return litellm_params[key] as a non-negative whole number or None when absent; add a problem if invalid."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        problems.append(f"litellm_params.{key} must be a whole number from 0 to {MAX_INT}, not {value!r}")
+        return None
+    return value
+
+
+def _parse_router_settings(raw, errors, warnings):
+    """Return the canonical default strategy from router_settings."""
+    if raw is None:
+        return RoutingStrategy.ROUND_ROBIN
+    if not isinstance(raw, dict):
+        errors.append("router_settings must be a mapping")
+        return RoutingStrategy.ROUND_ROBIN
+    for key in raw:
+        if key not in ROUTER_KEYS:
+            warnings.append(f"router_settings.{key} is not used by ChatVault; ignored")
+    name = raw.get("routing_strategy")
+    if name is not None and not isinstance(name, str):
+        errors.append(f"router_settings.routing_strategy must be a string, not {name!r}")
+        return RoutingStrategy.ROUND_ROBIN
+    try:
+        return normalize_strategy(name)
+    except ValueError as exc:
+        errors.append(f"router_settings.routing_strategy: {exc}")
+        return RoutingStrategy.ROUND_ROBIN
+
+
+def _parse_model_routing(raw, model_names, errors, warnings):
+    """Return (auto_select, capabilities by model name) from model_routing."""
+    if raw is None:
+        return False, {}
+    if not isinstance(raw, dict):
+        errors.append("model_routing must be a mapping")
+        return False, {}
+    for key in raw:
+        if key not in MODEL_ROUTING_KEYS:
+            warnings.append(f"model_routing.{key} is not used by ChatVault; ignored")
+
+    auto_select = raw.get("auto_select", False)
+    if auto_select is None:
+        auto_select = False
+    elif not isinstance(auto_select, bool):
+        errors.append(f"model_routing.auto_select must be true or false, not {auto_select!r}")
+
+    capabilities = {}
+    raw_caps = raw.get("capabilities")
+    if raw_caps is not None and not isinstance(raw_caps, dict):
+        errors.append("model_routing.capabilities must be a mapping of model name to a list of capability tags")
+        raw_caps = None
+    for name, tags in (raw_caps or {}).items():
+        where = f"model_routing.capabilities.{name}"
+        if name not in model_names:
+            errors.append(f"{where}: model {name!r} is not in model_list")
+        elif not isinstance(tags, list) or not all(isinstance(tag, str) and tag.strip() for tag in tags):
+            errors.append(f"{where}: must be a list of capability strings")
+        else:
+            capabilities[name] = list(dict.fromkeys(tags))
+
+    experiments = raw.get("experiments")
+    if experiments is not None and not isinstance(experiments, list):
+        errors.append("model_routing.experiments must be a list")
+    elif experiments:
+        warnings.append(f"experiments are not yet supported; {len(experiments)} entries ignored")
+    return auto_select, capabilities
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def _apply(plan, report):
+    """Write the plan to the database, counting what changed in report."""
+    models = {model.name: model for model in Model.objects.all()}
+    was_enabled = {name for name, model in models.items() if model.enabled}
+    listed = set(plan.model_names)
+
+    for name in plan.model_names:
+        desired = {"enabled": True, "capabilities": plan.capabilities.get(name, [])}
+        model = models.get(name)
+        if model is None:
+            models[name] = Model.objects.create(name=name, **desired)
+            _count_created(report, f"model {name}")
+        else:
+            _save_changes(model, desired, report, f"model {name}")
+    for name, model in models.items():
+        if name not in listed and model.enabled:
+            _disable(model, report, f"model {name}")
+
+    existing = {inst.id: inst for inst in ProviderInstance.objects.select_related("model", "provider")}
+    claimed = {entry.instance_id for entry in plan.entries if entry.instance_id}
+    providers = {}
+    for entry in plan.entries:
+        instance = existing.get(entry.instance_id) if entry.instance_id else _match(entry, existing, claimed)
+        if instance is not None:
+            claimed.add(instance.id)
+        _apply_entry(entry, instance, models[entry.model_name], providers, report)
+
+    for instance in existing.values():
+        # Instances of a model that was already disabled and is still absent are not described by the file at all;
+        # leaving them as they are is what makes importing an export (which skips disabled models) a no-op.
+        described = instance.model.name in listed or instance.model.name in was_enabled
+        if instance.id not in claimed and instance.enabled and described:
+            _disable(instance, report, f"instance {instance.id}")
+
+    _apply_settings(plan, report)
+
+
+def _match(entry, existing, claimed):
+    """Return the unclaimed existing instance of the entry's model with the same model string and endpoint."""
+    candidates = [
+        inst
+        for inst in existing.values()
+        if inst.id not in claimed
+        and inst.model.name == entry.model_name
+        and inst.litellm_model == entry.litellm_model
+        and inst.api_base == entry.api_base
+    ]
+    candidates.sort(key=lambda inst: (not inst.enabled, inst.id))
+    return candidates[0] if candidates else None
+
+
+def _apply_entry(entry, instance, model, providers, report):
+    """Create or update the instance an entry describes."""
+    if instance is not None and instance.provider.kind == entry.kind:
+        # Keep an admin's choice among several providers of the same kind.
+        provider = instance.provider
+    else:
+        provider = _provider_for(entry, providers, report)
+    desired = {
+        "model_id": model.pk,
+        "provider_id": provider.pk,
+        "litellm_model": entry.litellm_model,
+        "api_base": entry.api_base,
+        "weight": entry.weight,
+        "rpm": entry.rpm,
+        "tpm": entry.tpm,
+        "timeout": entry.timeout,
+        "stream_timeout": entry.stream_timeout,
+        "enabled": entry.enabled,
+    }
+    if instance is None:
+        instance = ProviderInstance(**desired)
+        if entry.instance_id:
+            instance.id = entry.instance_id
+        if entry.api_key is not None:
+            instance.set_api_key(entry.api_key)
+        instance.save(force_insert=True)
+        _count_created(report, f"instance {instance.id} of model {model.name}")
+        return
+    key_changed = entry.api_key is not None and not _key_matches(instance, entry.api_key)
+    if key_changed:
+        instance.set_api_key(entry.api_key)
+    _save_changes(instance, desired, report, f"instance {instance.id}", extra=API_KEY_FIELDS if key_changed else ())
+
+
+def _key_matches(instance, value):
+    """Return whether the instance already stores this key (reference or literal)."""
+    env_name = secrets.env_reference_name(value)
+    if env_name:
+        return instance.api_key_env == env_name and not instance.api_key_ciphertext
+    if not value:
+        return not instance.has_api_key()
+    if instance.api_key_env or not instance.api_key_ciphertext:
+        return False
+    # Ciphertexts are randomised, so the only way to compare is to decrypt.
+    try:
+        return secrets.decrypt(instance.api_key_ciphertext) == value
+    except ImproperlyConfigured:
+        return False
+
+
+def _provider_for(entry, providers, report):
+    """Return the provider for the entry's kind: the one named after the kind, else any of that kind, else a new one."""
+    kind = entry.kind
+    if kind in providers:
+        return providers[kind]
+    of_kind = list(Provider.objects.filter(kind=kind).order_by("name"))
+    provider = next((p for p in of_kind if p.name == kind), of_kind[0] if of_kind else None)
+    if provider is None:
+        if Provider.objects.filter(name=kind).exists():
+            raise ConfigError([f"{entry.label}: provider {kind!r} exists with another kind; rename it or fix its kind"])
+        provider = Provider.objects.create(
+            name=kind,
+            kind=kind,
+            openai_compatible=kind in OPENAI_COMPATIBLE_KINDS,
+            api_base=OPENAI_COMPATIBLE_KINDS.get(kind) or "",
+        )
+        _count_created(report, f"provider {kind}")
+    providers[kind] = provider
+    return provider
+
+
+def _apply_settings(plan, report):
+    """Create or update the gateway-wide routing settings."""
+    desired = {"default_strategy": str(plan.strategy), "auto_select": plan.auto_select}
+    # Not RoutingSettings.load(): creating the row with defaults first would be a second, needless write.
+    row = RoutingSettings.objects.filter(pk=1).first()
+    if row is None:
+        RoutingSettings.objects.create(pk=1, **desired)
+        _count_created(report, "routing settings")
+    else:
+        _save_changes(row, desired, report, "routing settings")
+
+
+def _save_changes(obj, desired, report, label, extra=()):
+    """Set the desired field values and save only if one differs, so an unchanged row never bumps the revision."""
+    changed = [field for field, value in desired.items() if getattr(obj, field) != value]
+    for field in changed:
+        setattr(obj, field, desired[field])
+    changed += list(extra)
+    if not changed:
+        report.unchanged += 1
+        return
+    update_fields = changed + (["updated_at"] if hasattr(obj, "updated_at") else [])
+    obj.save(update_fields=update_fields)
+    report.updated += 1
+    shown = dict.fromkeys("api_key" if f in API_KEY_FIELDS else f.removesuffix("_id") for f in changed)
+    report.changes.append(f"update {label}: {', '.join(shown)}")
+
+
+def _disable(obj, report, label):
+    """Disable a row the file no longer lists."""
+    obj.enabled = False
+    obj.save(update_fields=["enabled", "updated_at"])
+    report.disabled += 1
+    report.changes.append(f"disable {label}")
+
+
+def _count_created(report, label):
+    """Record a created row."""
+    report.created += 1
+    report.changes.append(f"create {label}")
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+
+
+def _export_entry(instance, *, include_secrets):
+    """Return the model_list entry for one instance, with only the fields it sets."""
+    params = {"model": instance.litellm_model}
+    if instance.api_base:
+        params["api_base"] = instance.api_base
+    reference = instance.api_key_reference()
+    if reference:
+        params["api_key"] = reference
+    elif include_secrets and instance.api_key_ciphertext:
+        params["api_key"] = instance.resolve_api_key()
+    params["weight"] = _plain(instance.weight)
+    for field in ("rpm", "tpm", "timeout", "stream_timeout"):
+        value = getattr(instance, field)
+        if value is not None:
+            params[field] = _plain(value)
+    return {
+        "model_name": instance.model.name,
+        "litellm_params": params,
+        "model_info": {"id": instance.id, "enabled": instance.enabled},
+    }
+
+
+def _plain(value):
+    """Return a whole float as an int, so the YAML reads `weight: 2` rather than `2.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
