@@ -1,7 +1,8 @@
 """ASGI entry point: `chatvault_site.asgi:application`.
 
-Adds the lifespan protocol to Django's ASGI app (Django has none), so each worker loads its routing snapshot before
-serving and flushes its request log on graceful shutdown.
+Routes the API paths to `APIHandler` (no thread hops, see chatvault_site/handlers.py) and everything else (admin)
+to Django's own handler, and adds the lifespan protocol Django lacks, so each worker loads its routing snapshot
+before serving and flushes its request log on graceful shutdown.
 """
 
 import os
@@ -12,9 +13,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatvault_site.settings")
 
 django_application = get_asgi_application()
 
-from django.conf import settings  # noqa: E402  (settings are configured by get_asgi_application)
+from django.conf import settings  # noqa: E402  (importable only once Django is set up)
 
+from chatvault_site.handlers import APIHandler, is_api_path  # noqa: E402
 from routing import runtime  # noqa: E402
+
+api_application = APIHandler()
 
 if settings.CHATVAULT_SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -23,8 +27,11 @@ if settings.CHATVAULT_SERVE_STATIC:
 
 
 async def application(scope, receive, send):
-    """Serve lifespan events ourselves and everything else through Django."""
+    """Serve lifespan events ourselves, the API through APIHandler, and the rest through Django."""
     if scope["type"] == "lifespan":
         await runtime.lifespan(receive, send)
+        return
+    if scope["type"] == "http" and is_api_path(scope["path"]):
+        await api_application(scope, receive, send)
         return
     await django_application(scope, receive, send)

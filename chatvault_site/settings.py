@@ -38,7 +38,8 @@ INSTALLED_APPS = [
     "experiments.apps.ExperimentsConfig",
 ]
 
-# Every middleware here supports async natively, so Django never hops to a thread for the chat endpoint.
+# The admin's middleware. The API paths do not go through this list: chatvault_site.handlers.APIHandler gives them
+# a chain of their own, because each of these runs its hooks on a thread under ASGI.
 MIDDLEWARE = [
     "routing.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",

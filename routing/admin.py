@@ -1,0 +1,490 @@
+"""Django admin for the routing configuration, client API keys and the read-only request log.
+
+Upstream keys are write-only here: a form field sets or clears them and pages show only `api_key_display()`. Client
+keys are generated on add and shown once, in a message; only their hash is stored. Actions that write with queryset
+`.update()` skip the model signals, so they bump `ConfigRevision` themselves.
+"""
+
+import json
+import secrets as pysecrets
+import uuid
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+from django.utils import timezone
+from django.utils.html import format_html
+
+from routing import secrets
+from routing.auth import KEY_PREFIX, VISIBLE_CHARS, hash_key
+from routing.models import (
+    ApiKey,
+    ConfigRevision,
+    Model,
+    Provider,
+    ProviderInstance,
+    RequestLog,
+    RoutingSettings,
+)
+
+admin.site.site_header = "ChatVault administration"
+admin.site.site_title = "ChatVault admin"
+admin.site.index_title = "Gateway configuration"
+
+API_KEY_HELP = (
+    "Leave blank to keep the current key. Use os.environ/NAME to read it from the gateway's environment. "
+    "Shown only as its last 4 characters."
+)
+
+
+# --- Forms ----------------------------------------------------------------------------------------------------------
+
+
+class UpstreamSecretForm(forms.ModelForm):
+    """A form whose upstream key is write-only: type one to replace it, leave blank to keep it, tick to clear it."""
+
+    api_key = forms.CharField(
+        label="New API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=API_KEY_HELP,
+    )
+    clear_api_key = forms.BooleanField(label="Clear API key", required=False, help_text="Remove the stored key.")
+
+    def clean_api_key(self):
+        """Reject an `os.environ/` reference without a usable variable name."""
+        value = self.cleaned_data["api_key"]
+        if value.startswith(secrets.ENV_PREFIX):
+            name = secrets.env_reference_name(value)
+            max_length = self._meta.model._meta.get_field("api_key_env").max_length
+            if not name:
+                raise ValidationError("Name the environment variable: os.environ/NAME.")
+            if len(name) > max_length:
+                raise ValidationError(f"The environment variable name is longer than {max_length} characters.")
+        return value
+
+    def clean(self):
+        """Refuse a new key and 'clear' at the same time."""
+        cleaned = super().clean()
+        if cleaned.get("api_key") and cleaned.get("clear_api_key"):
+            raise ValidationError("Either type a new API key or tick 'Clear API key', not both.")
+        return cleaned
+
+    def save(self, commit=True):
+        """Apply a typed or cleared key to the instance, then save as usual."""
+        if self.cleaned_data.get("api_key"):
+            self.instance.set_api_key(self.cleaned_data["api_key"])
+        elif self.cleaned_data.get("clear_api_key"):
+            self.instance.set_api_key("")
+        return super().save(commit)
+
+
+class ProviderForm(UpstreamSecretForm):
+    """Provider form with a write-only key."""
+
+    class Meta:
+        model = Provider
+        fields = ("name", "kind", "api_base", "openai_compatible")
+
+
+class ProviderInstanceForm(UpstreamSecretForm):
+    """Instance form with a write-only key of its own (without one the provider's key is used)."""
+
+    clear_api_key = forms.BooleanField(
+        label="Clear API key", required=False, help_text="Remove this instance's key so it uses its provider's."
+    )
+
+    class Meta:
+        model = ProviderInstance
+        fields = (
+            "id",
+            "model",
+            "provider",
+            "litellm_model",
+            "api_base",
+            "weight",
+            "rpm",
+            "tpm",
+            "timeout",
+            "stream_timeout",
+            "enabled",
+        )
+
+
+class CommaSeparatedListField(forms.CharField):
+    """A text input for a list of strings, written comma-separated."""
+
+    def prepare_value(self, value):
+        """Render a list as 'a, b, c'."""
+        if isinstance(value, (list, tuple)):
+            return ", ".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value):
+        """Return the non-empty, de-duplicated items in the order typed."""
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        text = super().to_python(value) or ""
+        return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+class PublicModelForm(forms.ModelForm):
+    """Model form with capabilities edited as comma-separated text."""
+
+    capabilities = CommaSeparatedListField(
+        required=False, help_text="Comma-separated capability tags, e.g. general_chat, code, long_context."
+    )
+
+    class Meta:
+        model = Model
+        fields = (
+            "name",
+            "description",
+            "enabled",
+            "strategy",
+            "capabilities",
+            "input_cost_per_mtok",
+            "output_cost_per_mtok",
+            "context_window",
+        )
+
+
+class ProviderInstanceInlineForm(forms.ModelForm):
+    """Inline instance row: the id can be chosen for a new instance but not changed afterwards."""
+
+    class Meta:
+        model = ProviderInstance
+        fields = ("id", "provider", "litellm_model", "api_base", "weight", "timeout", "stream_timeout", "enabled")
+
+    def __init__(self, *args, **kwargs):
+        """Lock the id of saved rows."""
+        super().__init__(*args, **kwargs)
+        if not self.instance._state.adding:
+            # Not `disabled`: browsers omit disabled inputs, and the formset needs the posted id to find the row.
+            self.fields["id"].widget.attrs["readonly"] = True
+
+    def clean_id(self):
+        """Keep a saved row's id whatever was posted (a changed primary key would copy the row)."""
+        if not self.instance._state.adding:
+            return self.instance.pk
+        return self.cleaned_data["id"]
+
+
+# --- Actions --------------------------------------------------------------------------------------------------------
+
+
+def _set_enabled(modeladmin, request, queryset, enabled):
+    """Enable or disable the selected rows and tell the workers."""
+    count = queryset.update(enabled=enabled)
+    if count:
+        ConfigRevision.bump()
+    verb = "Enabled" if enabled else "Disabled"
+    modeladmin.message_user(request, f"{verb} {count} {modeladmin.opts.verbose_name_plural}.", messages.SUCCESS)
+
+
+@admin.action(description="Enable selected %(verbose_name_plural)s")
+def enable_selected(modeladmin, request, queryset):
+    """Enable the selected rows."""
+    _set_enabled(modeladmin, request, queryset, True)
+
+
+@admin.action(description="Disable selected %(verbose_name_plural)s")
+def disable_selected(modeladmin, request, queryset):
+    """Disable the selected rows."""
+    _set_enabled(modeladmin, request, queryset, False)
+
+
+# --- Providers, models and instances --------------------------------------------------------------------------------
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    """Upstream providers; the key is write-only."""
+
+    form = ProviderForm
+    list_display = ("name", "kind", "api_base", "openai_compatible", "key")
+    list_filter = ("kind", "openai_compatible")
+    search_fields = ("name", "kind")
+    fields = ("name", "kind", "api_base", "openai_compatible", "key", "api_key", "clear_api_key")
+    readonly_fields = ("key",)
+
+    @admin.display(description="API key")
+    def key(self, obj):
+        """Return the safe description of the stored key."""
+        return obj.api_key_display()
+
+
+class ProviderInstanceInline(admin.TabularInline):
+    """Instances of a model, edited on the model page (keys are set on each instance's own page)."""
+
+    model = ProviderInstance
+    form = ProviderInstanceInlineForm
+    fields = ("id", "provider", "litellm_model", "api_base", "weight", "timeout", "stream_timeout", "enabled")
+    extra = 0
+    show_change_link = True
+
+
+@admin.register(Model)
+class PublicModelAdmin(admin.ModelAdmin):
+    """Public model names and the instances that serve them."""
+
+    form = PublicModelForm
+    list_display = ("name", "enabled", "routing_strategy", "instance_count", "capability_list")
+    list_filter = ("enabled", "strategy")
+    search_fields = ("name",)
+    fieldsets = (
+        (None, {"fields": ("name", "description", "enabled", "strategy", "capabilities")}),
+        ("Overrides", {"fields": ("input_cost_per_mtok", "output_cost_per_mtok", "context_window")}),
+    )
+    inlines = (ProviderInstanceInline,)
+    actions = (enable_selected, disable_selected)
+
+    def get_queryset(self, request):
+        """Annotate each model with its number of instances."""
+        return super().get_queryset(request).annotate(instance_count=Count("instances"))
+
+    @admin.display(description="Strategy", ordering="strategy")
+    def routing_strategy(self, obj):
+        """Return the model's strategy, or say that it follows the gateway default."""
+        return obj.get_strategy_display() or "gateway default"
+
+    @admin.display(description="Instances", ordering="instance_count")
+    def instance_count(self, obj):
+        """Return the number of instances."""
+        return obj.instance_count
+
+    @admin.display(description="Capabilities")
+    def capability_list(self, obj):
+        """Return the capability tags, comma-separated."""
+        return ", ".join(str(tag) for tag in obj.capabilities or [])
+
+
+@admin.register(ProviderInstance)
+class ProviderInstanceAdmin(admin.ModelAdmin):
+    """Deployments of models on providers; each may carry its own write-only key."""
+
+    form = ProviderInstanceForm
+    list_display = ("id", "model", "provider", "litellm_model", "endpoint", "weight", "enabled", "key")
+    list_filter = ("provider", "model", "enabled")
+    list_select_related = ("model", "provider")
+    search_fields = ("id", "litellm_model", "model__name")
+    fieldsets = (
+        (None, {"fields": ("id", "model", "provider", "litellm_model", "api_base", "weight", "enabled")}),
+        ("Limits", {"fields": ("rpm", "tpm", "timeout", "stream_timeout")}),
+        (
+            "API key",
+            {
+                "fields": ("key", "api_key", "clear_api_key"),
+                "description": "Without a key of its own, the instance uses its provider's.",
+            },
+        ),
+    )
+    readonly_fields = ("key",)
+    actions = (enable_selected, disable_selected)
+
+    def get_readonly_fields(self, request, obj=None):
+        """Make the id read-only once the instance exists."""
+        readonly = super().get_readonly_fields(request, obj)
+        return ("id", *readonly) if obj is not None else readonly
+
+    @admin.display(description="API base")
+    def endpoint(self, obj):
+        """Return the endpoint the instance calls (its own, else its provider's)."""
+        return obj.effective_api_base() or "—"
+
+    @admin.display(description="API key")
+    def key(self, obj):
+        """Return the safe description of the key in use, noting when it is the provider's."""
+        if obj.has_api_key():
+            return obj.api_key_display()
+        if obj.provider_id and obj.provider.has_api_key():
+            return f"provider's ({obj.provider.api_key_display()})"
+        return "—"
+
+
+# --- Client API keys ------------------------------------------------------------------------------------------------
+
+
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    """Filter keys by active, revoked or expired."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        """Return the filter choices."""
+        return (("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired"))
+
+    def queryset(self, request, queryset):
+        """Return the keys in the chosen status."""
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Client keys: generated on add and shown once; afterwards only the prefix is visible."""
+
+    list_display = (
+        "name",
+        "prefix",
+        "is_admin",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "status",
+    )
+    list_filter = (ApiKeyStatusFilter, "is_admin")
+    search_fields = ("name", "prefix")
+    filter_horizontal = ("allowed_models",)
+    add_fieldsets = (
+        (
+            None,
+            {
+                "fields": ("name", "is_admin", "allowed_models", "expires_at"),
+                "description": "The key itself is generated when you save, and shown to you once.",
+            },
+        ),
+    )
+    fields = (
+        "name",
+        "prefix",
+        "status",
+        "is_admin",
+        "allowed_models",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+    readonly_fields = ("prefix", "status", "created_at", "last_used_at")
+    actions = ("revoke_selected",)
+
+    def get_fieldsets(self, request, obj=None):
+        """Ask only for what a new key needs; the secret is generated on save."""
+        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        """Generate the secret of a new key, store its hash, and show it once."""
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Same shape as routing.auth.api_key_create; the admin saves the object itself so save_related sets the m2m.
+        raw = KEY_PREFIX + pysecrets.token_urlsafe(32)
+        obj.prefix = raw[:VISIBLE_CHARS]
+        obj.key_hash = hash_key(raw)
+        super().save_model(request, obj, form, change)
+        self.message_user(request, f"Copy this key now; it will not be shown again: {raw}", messages.SUCCESS)
+
+    @admin.display(description="Status")
+    def status(self, obj):
+        """Return active, revoked or expired."""
+        if obj.revoked_at is not None:
+            return "revoked"
+        if obj.expires_at is not None and obj.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke_selected(self, request, queryset):
+        """Revoke the selected keys that are not revoked yet."""
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if count:
+            ConfigRevision.bump()
+        self.message_user(request, f"Revoked {count} API key{'s' if count != 1 else ''}.", messages.SUCCESS)
+
+
+# --- Settings and the request log -----------------------------------------------------------------------------------
+
+
+@admin.register(RoutingSettings)
+class RoutingSettingsAdmin(admin.ModelAdmin):
+    """The single gateway-wide settings row."""
+
+    list_display = ("default_strategy", "auto_select")
+    fields = ("default_strategy", "auto_select")
+
+    def has_add_permission(self, request):
+        """Allow adding only while no settings row exists."""
+        return super().has_add_permission(request) and not RoutingSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        """Never delete the settings row."""
+        return False
+
+    def save_model(self, request, obj, form, change):
+        """Store a new row as pk 1, the row `RoutingSettings.load()` reads."""
+        if not change:
+            obj.pk = 1
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(RequestLog)
+class RequestLogAdmin(admin.ModelAdmin):
+    """The per-request log, view-only."""
+
+    list_display = (
+        "request_id",
+        "created_at",
+        "api_key",
+        "requested_model",
+        "served_model",
+        "instance",
+        "stream",
+        "outcome",
+        "status_code",
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    )
+    list_filter = ("outcome", "stream", "served_model", "created_at")
+    list_select_related = ("api_key", "instance")
+    date_hierarchy = "created_at"
+    search_fields = ("request_id", "user", "requested_model")
+    # The log grows without bound: skip the unfiltered COUNT(*) on every page.
+    show_full_result_count = False
+    fieldsets = (
+        (None, {"fields": ("request_id", "created_at", "endpoint", "api_key", "user")}),
+        (
+            "Routing",
+            {"fields": ("requested_model", "served_model", "instance", "attempts", "decision_pretty")},
+        ),
+        ("Outcome", {"fields": ("stream", "outcome", "status_code", "error_type", "error_message")}),
+        ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms")}),
+    )
+    readonly_fields = ("decision_pretty",)
+
+    def has_add_permission(self, request):
+        """Refuse: rows are written by the gateway only."""
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        """Refuse: the log is immutable."""
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        """Refuse: the log is immutable."""
+        return False
+
+    def get_search_results(self, request, queryset, search_term):
+        """Look a full request id up through its unique index instead of a substring scan."""
+        try:
+            request_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(request_id=request_id), False
+
+    @admin.display(description="Decision")
+    def decision_pretty(self, obj):
+        """Return the routing decision as indented JSON."""
+        return format_html("<pre>{}</pre>", json.dumps(obj.decision, indent=2, sort_keys=True, ensure_ascii=False))
