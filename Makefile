@@ -37,6 +37,7 @@ run: install .env
 	$(PY) manage.py run_demo --host $(HOST) --port $(PORT) --fake-port $(FAKE_PORT)
 
 test: install-dev
+	$(VENV)/bin/ruff check chatvault_site routing experiments tests bench
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install-dev

@@ -51,6 +51,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The admin shows a new API key once, in a message: keep it in the session, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 ROOT_URLCONF = "chatvault_site.urls"
 
 TEMPLATES = [
@@ -120,8 +123,8 @@ CELERY_TIMEZONE = TIME_ZONE
 CHATVAULT_ENCRYPTION_KEYS = env.list("CHATVAULT_ENCRYPTION_KEYS", default=[])
 if not CHATVAULT_ENCRYPTION_KEYS and not DEBUG:
     raise ImproperlyConfigured(
-        "CHATVAULT_ENCRYPTION_KEYS must be set when DEBUG is off "
-        "(generate one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')."
+        "CHATVAULT_ENCRYPTION_KEYS must be set when DEBUG is off (generate one with: "
+        "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')."
     )
 
 # Largest accepted request body; larger ones get 413 before any JSON is parsed.

@@ -6,7 +6,6 @@ keys are generated on add and shown once, in a message; only their hash is store
 """
 
 import json
-import secrets as pysecrets
 import uuid
 
 from django import forms
@@ -17,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from routing import secrets
-from routing.auth import KEY_PREFIX, VISIBLE_CHARS, hash_key
+from routing.auth import assign_new_secret
 from routing.models import (
     ApiKey,
     ConfigRevision,
@@ -377,10 +376,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        # Same shape as routing.auth.api_key_create; the admin saves the object itself so save_related sets the m2m.
-        raw = KEY_PREFIX + pysecrets.token_urlsafe(32)
-        obj.prefix = raw[:VISIBLE_CHARS]
-        obj.key_hash = hash_key(raw)
+        # The admin saves the object itself (so save_related sets the allowed models); auth makes the secret.
+        raw = assign_new_secret(obj)
         super().save_model(request, obj, form, change)
         self.message_user(request, f"Copy this key now; it will not be shown again: {raw}", messages.SUCCESS)
 

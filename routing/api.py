@@ -5,18 +5,26 @@ shape the answer. Nothing here touches the database.
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from adrf.views import APIView
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.views import defaults
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views import defaults
 from rest_framework.renderers import JSONRenderer
 
 from routing import auth, request_log, runtime, snapshot
-from routing.errors import GatewayError, InvalidRequest, MethodNotAllowed, ModelNotFound, NoCapacity, NotFound
-from routing.errors import PayloadTooLarge, as_gateway_error
+from routing.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NoCapacity,
+    NotFound,
+    PayloadTooLarge,
+    as_gateway_error,
+)
 from routing.models import Outcome
 from routing.services import ChatRequest
 
@@ -35,7 +43,7 @@ async def _snapshot():
 def _authenticate(request, snap):
     """Return the request's KeyConfig, counting (not storing) failures."""
     try:
-        return auth.authenticate(request.headers.get("Authorization"), snap, datetime.now(timezone.utc))
+        return auth.authenticate(request.headers.get("Authorization"), snap, datetime.now(UTC))
     except GatewayError:
         request_log.Counters.unauthenticated += 1
         raise

@@ -19,17 +19,24 @@ def hash_key(raw):
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def api_key_create(*, name, models=(), expires_days=None, is_admin=False):
-    """Create an API key; return (ApiKey, raw key). The raw key is never stored."""
+def assign_new_secret(key):
+    """Give an unsaved ApiKey a fresh secret (its prefix and hash); return the raw key, which is never stored."""
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key.prefix = raw[:VISIBLE_CHARS]
+    key.key_hash = hash_key(raw)
+    return raw
+
+
+def api_key_create(*, name, models=(), expires_days=None, is_admin=False):
+    """Create an API key; return (ApiKey, raw key)."""
+    key = ApiKey(
+        name=name,
+        is_admin=is_admin,
+        expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+    )
+    raw = assign_new_secret(key)
     with transaction.atomic():
-        key = ApiKey.objects.create(
-            name=name,
-            prefix=raw[:VISIBLE_CHARS],
-            key_hash=hash_key(raw),
-            is_admin=is_admin,
-            expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
-        )
+        key.save()
         if models:
             key.allowed_models.set(models)
     return key, raw

@@ -177,8 +177,11 @@ def completion_text(words: int) -> str:
 
 def error_body(status: int, message: str | None = None, param: str | None = None) -> dict:
     """Return an OpenAI-shaped error body for ``status``."""
-    default = ("server_error", "server_error", "Fake provider error.") if status >= 500 else (
-        "invalid_request_error", "invalid_request_error", "Fake provider error.")
+    default = (
+        ("server_error", "server_error", "Fake provider error.")
+        if status >= 500
+        else ("invalid_request_error", "invalid_request_error", "Fake provider error.")
+    )
     kind, code, default_message = _ERRORS.get(status, default)
     return {"error": {"message": message or default_message, "type": kind, "param": param, "code": code}}
 
@@ -216,16 +219,21 @@ class FakeProvider:
 
     # -- helpers ---------------------------------------------------------
 
-    def _error(self, status: int, message: str | None = None, retry_after: float | None = None,
-               param: str | None = None) -> web.Response:
+    def _error(
+        self, status: int, message: str | None = None, retry_after: float | None = None, param: str | None = None
+    ) -> web.Response:
         """Build an OpenAI-shaped error response, with Retry-After when relevant."""
         headers = {}
         if retry_after is None and status == 429:
             retry_after = 1
         if retry_after is not None:
             headers["Retry-After"] = _format_seconds(retry_after)
-        return web.Response(status=status, body=json.dumps(error_body(status, message, param)).encode(),
-                            content_type=_JSON, headers=headers)
+        return web.Response(
+            status=status,
+            body=json.dumps(error_body(status, message, param)).encode(),
+            content_type=_JSON,
+            headers=headers,
+        )
 
     def _record(self, request: web.Request, body: Any) -> dict:
         """Log the request and return the per-request knob overrides found in its headers."""
@@ -315,21 +323,28 @@ class FakeProvider:
         if fault == "garbage":
             return web.Response(body=_GARBAGE_BODY, content_type=_JSON)
         text = completion_text(words)
-        payload = json.dumps({
-            "id": f"chatcmpl-fake-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words,
-                      "total_tokens": prompt_tokens + words},
-            "system_fingerprint": "fp_fake",
-        }).encode()
+        payload = json.dumps(
+            {
+                "id": f"chatcmpl-fake-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": words,
+                    "total_tokens": prompt_tokens + words,
+                },
+                "system_fingerprint": "fp_fake",
+            }
+        ).encode()
         if fault != "stall":
             return web.Response(body=payload, content_type=_JSON)
         response = web.StreamResponse(headers={"Content-Type": _JSON})
@@ -338,8 +353,16 @@ class FakeProvider:
         await response.write(payload[: len(payload) // 2])
         await _forever()
 
-    async def _stream(self, request: web.Request, body: dict, model: str, words: int,
-                      finish_reason: str, prompt_tokens: int, knobs: dict) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict,
+        model: str,
+        words: int,
+        finish_reason: str,
+        prompt_tokens: int,
+        knobs: dict,
+    ) -> web.StreamResponse:
         """Stream the completion as chat.completion.chunk SSE events."""
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
@@ -372,8 +395,10 @@ class FakeProvider:
             await _forever()
         await write(f'{head}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]{usage_null}}}\n\n'.encode())
         if include_usage:
-            usage = (f'{{"prompt_tokens":{prompt_tokens},"completion_tokens":{words},'
-                     f'"total_tokens":{prompt_tokens + words}}}')
+            usage = (
+                f'{{"prompt_tokens":{prompt_tokens},"completion_tokens":{words},'
+                f'"total_tokens":{prompt_tokens + words}}}'
+            )
             await write(f'data: {{{common},"system_fingerprint":"fp_fake","choices":[],"usage":{usage}}}\n\n'.encode())
         await write(_DONE_EVENT)
         await response.write_eof()
@@ -383,8 +408,9 @@ class FakeProvider:
 
     async def models(self, request: web.Request) -> web.Response:
         """List the configured model names."""
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "chatvault-fake"}
-                for name in self.config.models]
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "chatvault-fake"} for name in self.config.models
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def health(self, request: web.Request) -> web.Response:
@@ -504,22 +530,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fake provider options to ``parser`` (shared with the manage.py command)."""
     parser.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one.")
     parser.add_argument("--host", default=DEFAULT_HOST, help="Interface to bind (default 127.0.0.1).")
-    parser.add_argument("--latency-ms", type=_knob_type("latency_ms"), default=0.0,
-                        help="Delay before responding.")
-    parser.add_argument("--chunk-delay-ms", type=_knob_type("chunk_delay_ms"), default=0.0,
-                        help="Delay between streamed content chunks.")
+    parser.add_argument("--latency-ms", type=_knob_type("latency_ms"), default=0.0, help="Delay before responding.")
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=_knob_type("chunk_delay_ms"),
+        default=0.0,
+        help="Delay between streamed content chunks.",
+    )
     parser.add_argument("--chunks", type=_knob_type("chunks"), default=20, help="Words per completion.")
-    parser.add_argument("--error-rate", type=_knob_type("error_rate"), default=0.0,
-                        help="Fraction (0..1) of chat requests answered with 500.")
-    parser.add_argument("--status", type=_knob_type("status"), default=None,
-                        help="Answer every chat request with this HTTP status.")
-    parser.add_argument("--fault", type=_knob_type("fault"), default=None,
-                        help=f"Apply a fault to every chat request: {', '.join(FAULTS)}.")
-    parser.add_argument("--retry-after", type=_knob_type("retry_after"), default=None,
-                        help="Retry-After seconds on error responses (429 defaults to 1).")
+    parser.add_argument(
+        "--error-rate",
+        type=_knob_type("error_rate"),
+        default=0.0,
+        help="Fraction (0..1) of chat requests answered with 500.",
+    )
+    parser.add_argument(
+        "--status", type=_knob_type("status"), default=None, help="Answer every chat request with this HTTP status."
+    )
+    parser.add_argument(
+        "--fault",
+        type=_knob_type("fault"),
+        default=None,
+        help=f"Apply a fault to every chat request: {', '.join(FAULTS)}.",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=_knob_type("retry_after"),
+        default=None,
+        help="Retry-After seconds on error responses (429 defaults to 1).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed for --error-rate.")
-    parser.add_argument("--model", action="append", dest="models", default=None,
-                        help="Model name listed by /v1/models (repeatable).")
+    parser.add_argument(
+        "--model", action="append", dest="models", default=None, help="Model name listed by /v1/models (repeatable)."
+    )
 
 
 def config_from_options(options: Any) -> FakeConfig:

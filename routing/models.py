@@ -124,8 +124,11 @@ class Provider(UpstreamSecret):
     kind = models.CharField(
         max_length=50, help_text="litellm provider prefix: openai, anthropic, azure, bedrock, groq, …"
     )
-    api_base = models.URLField(max_length=500, blank=True, default="", help_text="Default endpoint for instances.")
+    api_base = models.URLField(
+        "API base", max_length=500, blank=True, default="", help_text="Default endpoint for instances."
+    )
     openai_compatible = models.BooleanField(
+        "OpenAI-compatible",
         default=False,
         help_text="Speaks the OpenAI chat API natively, so requests are forwarded without going through litellm.",
     )
@@ -186,11 +189,15 @@ class ProviderInstance(UpstreamSecret):
     )
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="instances")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="instances")
-    litellm_model = models.CharField(max_length=300, help_text="litellm model string, e.g. openai/gpt-4o-mini.")
-    api_base = models.URLField(max_length=500, blank=True, default="", help_text="Overrides the provider's.")
+    litellm_model = models.CharField(
+        "litellm model", max_length=300, help_text="litellm model string, e.g. openai/gpt-4o-mini."
+    )
+    api_base = models.URLField(
+        "API base", max_length=500, blank=True, default="", help_text="Overrides the provider's."
+    )
     weight = models.FloatField(default=1.0)
-    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute limit.")
-    tpm = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute limit.")
+    rpm = models.PositiveIntegerField("RPM limit", null=True, blank=True, help_text="Requests per minute.")
+    tpm = models.PositiveIntegerField("TPM limit", null=True, blank=True, help_text="Tokens per minute.")
     timeout = models.FloatField(
         null=True, blank=True, help_text="Seconds for a whole non-streaming call and for a stream's first byte."
     )
@@ -262,13 +269,14 @@ class RequestLog(models.Model):
     created_at = models.DateTimeField(db_index=True, help_text="When the request arrived.")
     endpoint = models.CharField(max_length=32, default="chat.completions", help_text="chat.completions or models.")
     # No database constraints on these: rows are written in batches after the fact, and a key or instance deleted
-    # in between must not make the batch fail.
+    # in between must not make the batch fail. Deleting a key or instance leaves its id in the history
+    # (DO_NOTHING) instead of rewriting every row that names it.
     api_key = models.ForeignKey(
-        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, db_constraint=False, related_name="requests"
+        ApiKey, on_delete=models.DO_NOTHING, null=True, blank=True, db_constraint=False, related_name="requests"
     )
     instance = models.ForeignKey(
         ProviderInstance,
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         db_constraint=False,
@@ -284,9 +292,9 @@ class RequestLog(models.Model):
     error_message = models.TextField(blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
-    latency_ms = models.FloatField(null=True, blank=True)
-    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, streaming only.")
+    cost_usd = models.DecimalField("cost (USD)", max_digits=14, decimal_places=8, null=True, blank=True)
+    latency_ms = models.FloatField("latency (ms)", null=True, blank=True)
+    ttft_ms = models.FloatField("TTFT (ms)", null=True, blank=True, help_text="Time to first token, streams only.")
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Upstream calls made for this request.")
     decision = models.JSONField(default=dict, blank=True, help_text="Why this model and instance were chosen.")
 

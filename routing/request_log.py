@@ -53,7 +53,6 @@ class RequestLogWriter(threading.Thread):
         """Return how many submitted rows are not yet written (or given up on)."""
         return self.submitted - self.written - self.dropped
 
-
     def run(self):
         """Collect rows into batches and write them until stopped, then write what is left."""
         pending = []

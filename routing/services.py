@@ -11,12 +11,11 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from routing import adapters, balancer, pricing, request_log
 from routing.adapters import UpstreamFailure
 from routing.errors import (
-    GatewayError,
     InvalidRequest,
     ModelNotFound,
     NoCapacity,
@@ -110,12 +109,16 @@ def failure_to_error(failure):
             headers = {"Retry-After": str(int(failure.retry_after + 0.999))} if failure.retry_after else {}
             return UpstreamRateLimited(headers=headers)
         if status in CLIENT_FAULT_STATUSES:
-            return InvalidRequest(f"The upstream provider rejected the request: {failure.message}", code="upstream_rejected")
+            return InvalidRequest(
+                f"The upstream provider rejected the request: {failure.message}", code="upstream_rejected"
+            )
         if status == 408:
             return UpstreamTimeout()
         return UpstreamError(f"The upstream provider answered HTTP {status}.")
     if failure.kind == "bad_response":
-        return UpstreamError("The upstream provider sent an answer that could not be read.", code="upstream_bad_response")
+        return UpstreamError(
+            "The upstream provider sent an answer that could not be read.", code="upstream_bad_response"
+        )
     return UpstreamError("The upstream provider could not be reached.", code="upstream_unreachable")
 
 
@@ -135,7 +138,7 @@ class ChatRequest:
         self.key = key
         self.snapshot = snapshot
         self.endpoint = endpoint
-        self.received_at = datetime.now(timezone.utc)
+        self.received_at = datetime.now(UTC)
         self.started = time.perf_counter()
         self.body = {}
         self.model = None
@@ -230,7 +233,9 @@ class ChatRequest:
                 raise UpstreamTimeout() from None
             if isinstance(exc, StopAsyncIteration):
                 self._attempt_done(instance, began, "bad_response")
-                raise UpstreamError("The upstream provider sent an empty stream.", code="upstream_bad_response") from None
+                raise UpstreamError(
+                    "The upstream provider sent an empty stream.", code="upstream_bad_response"
+                ) from None
             if isinstance(exc, UpstreamFailure):
                 self._attempt_done(instance, began, exc.kind, exc.status)
                 raise self._upstream_error(exc) from None
@@ -262,8 +267,10 @@ class ChatRequest:
             self._attempt_done(instance, began, "ok", 200)
             yield SSE_DONE
         except (TimeoutError, UpstreamFailure) as exc:
-            error = UpstreamTimeout("The upstream provider stopped sending.") if isinstance(exc, TimeoutError) else (
-                self._upstream_error(exc)
+            error = (
+                UpstreamTimeout("The upstream provider stopped sending.")
+                if isinstance(exc, TimeoutError)
+                else (self._upstream_error(exc))
             )
             outcome = error.outcome
             self._attempt_done(instance, began, "timeout" if isinstance(exc, TimeoutError) else exc.kind)

@@ -114,9 +114,11 @@ def _instance_config(inst, model):
         tpm=inst.tpm,
         timeout=inst.timeout or DEFAULT_TIMEOUT_SECONDS,
         stream_timeout=inst.stream_timeout or DEFAULT_STREAM_TIMEOUT_SECONDS,
-        input_cost_per_token=_per_token(model.input_cost_per_mtok) if model.input_cost_per_mtok is not None
+        input_cost_per_token=_per_token(model.input_cost_per_mtok)
+        if model.input_cost_per_mtok is not None
         else prices.input_cost_per_token,
-        output_cost_per_token=_per_token(model.output_cost_per_mtok) if model.output_cost_per_mtok is not None
+        output_cost_per_token=_per_token(model.output_cost_per_mtok)
+        if model.output_cost_per_mtok is not None
         else prices.output_cost_per_token,
     )
 

@@ -80,7 +80,7 @@ class FakeProvider:
         weakref.finalize(self, stderr_file.close)
 
     @classmethod
-    def start(cls, **cli_options: Any) -> "FakeProvider":
+    def start(cls, **cli_options: Any) -> FakeProvider:
         """Start ``python -m routing.fake_provider`` and wait until it listens."""
         cli_options.setdefault("port", 0)
         cli_options.setdefault("host", HOST)
@@ -88,8 +88,15 @@ class FakeProvider:
         # stderr goes to a file: an unread pipe could fill up and block the server.
         stderr_file = tempfile.TemporaryFile()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=stderr_file, text=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=cls._drain, args=(process.stdout, lines), daemon=True).start()
         try:
@@ -126,8 +133,9 @@ class FakeProvider:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """Send a control request to the fake and return the decoded JSON answer."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.root_url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.root_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with _OPENER.open(request, timeout=10) as response:
                 return json.load(response)
@@ -167,7 +175,7 @@ class FakeProvider:
         self._stderr_file.seek(0)
         return self._stderr_file.read().decode(errors="replace")
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         """Return self; the provider is already running."""
         return self
 

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import weakref
 
-from tests.fakes import REPO_ROOT, HOST
+from tests.fakes import HOST, REPO_ROOT
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

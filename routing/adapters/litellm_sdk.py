@@ -46,9 +46,7 @@ def _failure(exc):
     litellm = _litellm()
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", None) or exc)[:500]
-    headers = getattr(getattr(exc, "response", None), "headers", None) or getattr(
-        exc, "litellm_response_headers", None
-    )
+    headers = getattr(getattr(exc, "response", None), "headers", None) or getattr(exc, "litellm_response_headers", None)
     retry_after = retry_after_seconds(headers.get("retry-after")) if headers else None
     if isinstance(exc, litellm.Timeout):
         return UpstreamFailure("timeout", message)

@@ -295,10 +295,27 @@ def test_model_capabilities_are_edited_as_comma_separated_text(admin_client, mod
 
 def test_model_inline_adds_an_instance_and_keeps_saved_ids(admin_client, model, provider, instance):
     rows = [
-        {"_initial": True, "id": instance.pk, "provider": provider.pk, "litellm_model": "openai/gpt-4o",
-         "api_base": "", "weight": "2", "timeout": "", "stream_timeout": "", "enabled": "on"},
-        {"id": "inst-b", "provider": provider.pk, "litellm_model": "openai/gpt-4o-mini", "api_base": "",
-         "weight": "1", "timeout": "30", "stream_timeout": "", "enabled": "on"},
+        {
+            "_initial": True,
+            "id": instance.pk,
+            "provider": provider.pk,
+            "litellm_model": "openai/gpt-4o",
+            "api_base": "",
+            "weight": "2",
+            "timeout": "",
+            "stream_timeout": "",
+            "enabled": "on",
+        },
+        {
+            "id": "inst-b",
+            "provider": provider.pk,
+            "litellm_model": "openai/gpt-4o-mini",
+            "api_base": "",
+            "weight": "1",
+            "timeout": "30",
+            "stream_timeout": "",
+            "enabled": "on",
+        },
     ]
     response = admin_client.post(url("model_change", model.pk), model_data(model, rows))
     assert response.status_code == 302, response.context["inline_admin_formsets"][0].formset.errors
@@ -360,7 +377,9 @@ def test_api_key_change_page_does_not_offer_the_secret_fields(admin_client, api_
 
 def test_revoke_action_sets_revoked_at_and_bumps_the_revision(admin_client, api_key):
     before = ConfigRevision.current_token()
-    response = admin_client.post(url("apikey_changelist"), {"action": "revoke_selected", "_selected_action": [api_key.pk]})
+    response = admin_client.post(
+        url("apikey_changelist"), {"action": "revoke_selected", "_selected_action": [api_key.pk]}
+    )
     assert response.status_code == 302
     api_key.refresh_from_db()
     assert api_key.revoked_at is not None
@@ -393,14 +412,18 @@ def test_request_log_is_read_only(admin_client, request_log):
 
 def test_request_log_detail_pretty_prints_the_decision(admin_client, request_log):
     page = admin_client.get(url("requestlog_change", request_log.pk)).content.decode()
-    assert '<pre>{\n  &quot;candidates&quot;: [\n    &quot;inst-a&quot;\n  ],' in page
+    assert "<pre>{\n  &quot;candidates&quot;: [\n    &quot;inst-a&quot;\n  ]," in page
 
 
 def test_request_log_changelist_does_not_query_per_row(admin_client, request_log, django_assert_max_num_queries):
     for _ in range(5):
         RequestLog.objects.create(
-            request_id=uuid.uuid4(), created_at=timezone.now(), api_key=request_log.api_key,
-            instance=request_log.instance, outcome=Outcome.OK, status_code=200,
+            request_id=uuid.uuid4(),
+            created_at=timezone.now(),
+            api_key=request_log.api_key,
+            instance=request_log.instance,
+            outcome=Outcome.OK,
+            status_code=200,
         )
     admin_client.get(url("requestlog_changelist"))  # warm the session and content types
     with django_assert_max_num_queries(12):

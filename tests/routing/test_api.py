@@ -117,7 +117,7 @@ def test_it_relays_chunks_as_they_arrive(setup, fake):
     fake.set_config(chunk_delay_ms=40, chunks=10)
     started = time.perf_counter()
     arrivals = []
-    for chunk in client.chat.completions.create(model="vault-test", messages=MESSAGES, stream=True):
+    for _ in client.chat.completions.create(model="vault-test", messages=MESSAGES, stream=True):
         arrivals.append(time.perf_counter() - started)
     # Buffered relaying would deliver everything at once, after ~400 ms.
     assert arrivals[1] < 0.25
@@ -189,7 +189,9 @@ def test_revoked_and_expired_keys_are_401(setup, gateway):
     key.expires_at = None
     key.revoked_at = key.created_at
     key.save()
-    wait_until(lambda: b"revoked" in gateway.request("GET", "/v1/models", headers={"Authorization": f"Bearer {raw}"})[2])
+    wait_until(
+        lambda: b"revoked" in gateway.request("GET", "/v1/models", headers={"Authorization": f"Bearer {raw}"})[2]
+    )
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         client.chat.completions.create(model="vault-test", messages=MESSAGES)
 
@@ -389,7 +391,7 @@ def test_round_robin_alternates_across_two_providers(gateway, fake, fake_b, adap
     for _ in range(10):
         resp = client.chat.completions.with_raw_response.create(model="vault-rr", messages=MESSAGES)
         served.append(resp.headers["x-chatvault-instance"])
-    assert all(a != b for a, b in zip(served, served[1:])), served
+    assert all(a != b for a, b in zip(served, served[1:], strict=False)), served
     assert len(fake.requests()) == 5 and len(fake_b.requests()) == 5
     assert [r.instance_id for r in wait_rows(10)] == served
 

@@ -72,8 +72,20 @@ def db_state():
         "models": sorted(Model.objects.values_list("name", "enabled", "capabilities")),
         "instances": sorted(
             ProviderInstance.objects.values_list(
-                "id", "model__name", "provider__name", "litellm_model", "api_base", "weight", "rpm", "tpm",
-                "timeout", "stream_timeout", "enabled", "api_key_ciphertext", "api_key_env", "api_key_last4",
+                "id",
+                "model__name",
+                "provider__name",
+                "litellm_model",
+                "api_base",
+                "weight",
+                "rpm",
+                "tpm",
+                "timeout",
+                "stream_timeout",
+                "enabled",
+                "api_key_ciphertext",
+                "api_key_env",
+                "api_key_last4",
             )
         ),
         "settings": list(RoutingSettings.objects.values_list("default_strategy", "auto_select")),
@@ -306,8 +318,9 @@ def test_export_writes_the_import_format():
 
     literal_id = ProviderInstance.objects.get(api_base="http://127.0.0.1:9002/v1").pk
     names_ids = [(e["model_name"], e["model_info"]["id"]) for e in exported["model_list"]]
-    assert names_ids == sorted([("vault-claude", "claude-1"), ("vault-gpt-4o-mini", "mini-a"),
-                                ("vault-gpt-4o-mini", literal_id)])
+    assert names_ids == sorted(
+        [("vault-claude", "claude-1"), ("vault-gpt-4o-mini", "mini-a"), ("vault-gpt-4o-mini", literal_id)]
+    )
     mini_a = next(e for e in exported["model_list"] if e["model_info"]["id"] == "mini-a")
     assert mini_a["model_info"] == {"id": "mini-a", "enabled": False}
     assert mini_a["litellm_params"] == {
@@ -322,8 +335,10 @@ def test_export_writes_the_import_format():
     }
     claude = next(e for e in exported["model_list"] if e["model_info"]["id"] == "claude-1")
     assert claude["litellm_params"] == {
-        "model": "anthropic/claude-3-5-haiku-20241022", "api_key": "os.environ/ANTHROPIC_API_KEY",
-        "weight": 1, "timeout": 60,
+        "model": "anthropic/claude-3-5-haiku-20241022",
+        "api_key": "os.environ/ANTHROPIC_API_KEY",
+        "weight": 1,
+        "timeout": 60,
     }
     assert exported["router_settings"] == {"routing_strategy": "weighted"}
     assert exported["model_routing"] == {

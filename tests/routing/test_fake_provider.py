@@ -31,8 +31,9 @@ def sdk(fake, **kwargs):
     """Return an OpenAI client for ``fake`` that never retries or uses proxies."""
     kwargs.setdefault("max_retries", 0)
     kwargs.setdefault("timeout", 10)
-    return openai.OpenAI(base_url=fake.url, api_key="test-key",
-                         http_client=openai.DefaultHttpxClient(trust_env=False), **kwargs)
+    return openai.OpenAI(
+        base_url=fake.url, api_key="test-key", http_client=openai.DefaultHttpxClient(trust_env=False), **kwargs
+    )
 
 
 def raw(fake, body=None, headers=None, path=CHAT_PATH, method="POST", timeout=10):
@@ -51,7 +52,7 @@ def sse_events(payload):
     """Split an SSE payload into the data fields of its events."""
     events = [event for event in payload.decode().split("\n\n") if event]
     assert all(event.startswith("data: ") for event in events), events
-    return [event[len("data: "):] for event in events]
+    return [event[len("data: ") :] for event in events]
 
 
 def poll(predicate, timeout=5.0):
@@ -102,11 +103,16 @@ def test_max_tokens_truncates_with_length_finish_reason(fake):
 
 
 def test_prompt_tokens_count_text_parts_of_list_contents(fake):
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": "one two"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        {"type": "text", "text": "three"},
-    ]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "one two"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": "three"},
+            ],
+        }
+    ]
 
     completion = sdk(fake).chat.completions.create(model="m", messages=messages)
 
@@ -128,7 +134,8 @@ def test_stream_chunks_join_to_the_non_stream_text(fake):
 
 def test_stream_include_usage_adds_a_final_usage_chunk(fake):
     stream = sdk(fake).chat.completions.create(
-        model="m", messages=MESSAGES, stream=True, max_tokens=4, stream_options={"include_usage": True})
+        model="m", messages=MESSAGES, stream=True, max_tokens=4, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
 
     usage_chunk = chunks[-1]
@@ -160,8 +167,7 @@ def test_chunk_delay_spaces_content_chunks(via):
     options = {"chunks": 5, "chunk_delay_ms": 100} if via == "cli" else {"chunks": 5}
     headers = {} if via == "cli" else {"x-fake-chunk-delay-ms": "100"}
     with FakeProvider.start(**options) as fake:
-        stream = sdk(fake).chat.completions.create(model="m", messages=MESSAGES, stream=True,
-                                                   extra_headers=headers)
+        stream = sdk(fake).chat.completions.create(model="m", messages=MESSAGES, stream=True, extra_headers=headers)
         arrivals = [time.perf_counter() for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
 
     assert len(arrivals) == 5
@@ -191,8 +197,9 @@ def test_cli_status_429_raises_rate_limit_error_with_retry_after():
 def test_status_header_fails_only_that_request(fake):
     client = sdk(fake)
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="m", messages=MESSAGES,
-                                       extra_headers={"x-fake-status": "503", "x-fake-retry-after": "7"})
+        client.chat.completions.create(
+            model="m", messages=MESSAGES, extra_headers={"x-fake-status": "503", "x-fake-retry-after": "7"}
+        )
 
     assert caught.value.status_code == 503
     assert caught.value.response.headers["retry-after"] == "7"
@@ -209,8 +216,9 @@ def test_status_header_401_raises_authentication_error(fake):
 
 
 def test_requests_are_recorded_with_auth_header_and_body(fake):
-    sdk(fake).chat.completions.create(model="m", messages=MESSAGES, extra_body={"vault_trace": "abc"},
-                                      extra_headers={"X-Trace-Id": "t-1"})
+    sdk(fake).chat.completions.create(
+        model="m", messages=MESSAGES, extra_body={"vault_trace": "abc"}, extra_headers={"X-Trace-Id": "t-1"}
+    )
     sdk(fake).chat.completions.create(model="other", messages=MESSAGES)
 
     log = fake.call("GET", "/_fake/requests")
@@ -255,8 +263,9 @@ def test_runtime_config_rejects_unknown_or_invalid_knobs(fake):
 
 def test_hang_fault_counts_client_cancellation(fake):
     with pytest.raises(openai.APITimeoutError):
-        sdk(fake, timeout=0.5).chat.completions.create(model="m", messages=MESSAGES,
-                                                       extra_headers={"x-fake-fault": "hang"})
+        sdk(fake, timeout=0.5).chat.completions.create(
+            model="m", messages=MESSAGES, extra_headers={"x-fake-fault": "hang"}
+        )
 
     stats = poll(lambda: (s := fake.stats())["cancelled"] >= 1 and s["in_flight"] == 0 and s)
     assert stats and stats["count"] == 1
@@ -350,8 +359,13 @@ def test_models_health_and_port_header(fake):
 
 
 def test_port_zero_prints_the_real_port_and_sigterm_stops_cleanly():
-    process = subprocess.Popen([sys.executable, "-m", "routing.fake_provider", "--port", "0"], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "routing.fake_provider", "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         match = re.fullmatch(r"fake provider listening on http://127\.0\.0\.1:(\d+)\n", line)

@@ -29,5 +29,7 @@ class Command(BaseCommand):
             raise CommandError("--expires-days must be a positive number of days")
         key, raw = api_key_create(name=name, models=found, expires_days=expires_days, is_admin=admin)
         scope = ", ".join(sorted(names)) if names else "all models"
-        self.stdout.write(f"Created API key '{key.name}' ({key.prefix}…) for {scope}. Store it now: it is not shown again.")
+        self.stdout.write(
+            f"Created API key '{key.name}' ({key.prefix}…) for {scope}. Store it now: it is not shown again."
+        )
         self.stdout.write(raw)
