@@ -51,6 +51,35 @@ class RoutingSettings(models.Model):
     auto_select = models.BooleanField(
         default=False, help_text="Choose the model automatically for every request (model 'auto' always does)."
     )
+    # Circuit breaker (passive health), per instance.
+    breaker_consecutive_failures = models.PositiveIntegerField(
+        default=5, help_text="Open an instance's breaker after this many failures in a row."
+    )
+    breaker_error_ratio = models.FloatField(
+        default=0.5, help_text="…or when at least this share of its recent requests failed…"
+    )
+    breaker_min_requests = models.PositiveIntegerField(default=10, help_text="…over at least this many requests…")
+    breaker_window_seconds = models.PositiveIntegerField(default=60, help_text="…within this many seconds.")
+    breaker_cooldown_seconds = models.FloatField(
+        default=10, help_text="How long an opened breaker stays open before a trial request (doubles per trip)."
+    )
+    breaker_max_cooldown_seconds = models.FloatField(default=300, help_text="Longest cooldown after repeated trips.")
+    breaker_half_open_successes = models.PositiveIntegerField(
+        default=2, help_text="Successful trial requests that close a half-open breaker."
+    )
+    # Retries and failover.
+    max_attempts = models.PositiveIntegerField(
+        default=3, help_text="Upstream attempts per request, across instances (1 = no failover)."
+    )
+    retry_budget_ratio = models.FloatField(
+        default=0.1,
+        help_text="Retries allowed per request on average (plus a burst of 10), so an outage cannot multiply traffic.",
+    )
+    # Active health checks (Celery beat).
+    health_check_interval_seconds = models.PositiveIntegerField(
+        default=30, help_text="How often each enabled instance is probed; 0 turns probing off."
+    )
+    health_check_timeout_seconds = models.FloatField(default=10, help_text="Timeout of one probe.")
 
     class Meta:
         verbose_name = "routing settings"
@@ -203,6 +232,12 @@ class ProviderInstance(UpstreamSecret):
     )
     stream_timeout = models.FloatField(null=True, blank=True, help_text="Seconds allowed between stream chunks.")
     enabled = models.BooleanField(default=True)
+    drained = models.BooleanField(
+        default=False, help_text="Send no new requests here (in-flight ones finish); undo to bring it back."
+    )
+    breaker_reset_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When an operator last reset this instance's breaker."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -224,6 +259,24 @@ class ProviderInstance(UpstreamSecret):
         if self.has_api_key():
             return self.resolve_api_key()
         return self.provider.resolve_api_key()
+
+
+class InstanceProbe(models.Model):
+    """The result of one active health check of an instance."""
+
+    instance = models.ForeignKey(ProviderInstance, on_delete=models.CASCADE, related_name="probes")
+    checked_at = models.DateTimeField(db_index=True)
+    ok = models.BooleanField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField("latency (ms)", null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["instance", "-checked_at"], name="routing_probe_instance_time")]
+
+    def __str__(self):
+        return f"{self.instance_id} {'ok' if self.ok else 'failed'} at {self.checked_at:%H:%M:%S}"
 
 
 class ApiKey(models.Model):

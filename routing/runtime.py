@@ -8,11 +8,12 @@ import asyncio
 import gc
 import logging
 
-from routing import request_log, snapshot
+from routing import request_log, snapshot, state
 
 logger = logging.getLogger(__name__)
 
-_state = {"refresher": None, "started": False}
+_state = {"refresher": None, "started": False, "maintenance": None}
+MAINTENANCE_SECONDS = 0.2
 _lock = None
 
 
@@ -39,11 +40,29 @@ async def startup():
     async with _lock:
         if not _state["started"]:
             await asyncio.to_thread(_start_sync)
+            state.get().start_sync()
+            _state["maintenance"] = asyncio.get_running_loop().create_task(_maintain())
             # Everything loaded so far (Django, the snapshot, …) lives for the whole process: move it out of the
             # cyclic GC's reach so full collections stay short and don't stall requests.
             gc.collect()
             gc.freeze()
             logger.info("ChatVault worker ready")
+
+
+async def _maintain():
+    """Keep the routing state current: new snapshot policy, operator resets, active health-check results."""
+    routing_state = state.get()
+    while True:
+        await asyncio.sleep(MAINTENANCE_SECONDS)
+        try:
+            snap = snapshot.current()
+            if snap is not None and routing_state.applied is not snap:
+                routing_state.apply_snapshot(snap)
+            while snapshot.probe_results:
+                instance_id, ok, checked_at, detail = snapshot.probe_results.popleft()
+                routing_state.observe(instance_id, ok=ok, now=checked_at, detail=detail)
+        except Exception:  # keep maintaining; one bad record must not stop health tracking
+            logger.exception("routing state maintenance failed")
 
 
 async def shutdown():
@@ -53,6 +72,10 @@ async def shutdown():
     refresher = _state["refresher"]
     if refresher is not None:
         refresher.stop()
+    if _state["maintenance"] is not None:
+        _state["maintenance"].cancel()
+        _state["maintenance"] = None
+    await state.get().stop_sync()
     await asyncio.to_thread(request_log.stop)
     await openai_compat.adapter.close()
     _state["started"] = False

@@ -8,12 +8,13 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import UTC, datetime
 
-from routing import adapters, balancer, pricing, request_log
+from routing import adapters, balancer, pricing, request_log, state
 from routing.adapters import UpstreamFailure
 from routing.errors import (
     InvalidRequest,
@@ -24,6 +25,7 @@ from routing.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from routing.health import OPEN
 from routing.models import Outcome
 
 logger = logging.getLogger(__name__)
@@ -34,9 +36,8 @@ MAX_NESTING = 64
 # Upstream statuses that mean the client's request itself was refused; anything else 4xx is the gateway's problem.
 CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 
-# Per-process balancing state (rotation counters and in-flight counts).
+# Per-process rotation counters (each worker rotates through the usable instances on its own).
 _rotation = defaultdict(itertools.count)
-_in_flight = Counter()
 _rng = random.Random()
 
 
@@ -148,6 +149,7 @@ class ChatRequest:
         self.decision = {}
         self.usage = None
         self.ttft_ms = None
+        self.state = None
         self._recorded = False
 
     # --- choosing ----------------------------------------------------------------------------------------------
@@ -168,80 +170,151 @@ class ChatRequest:
         self.decision["model"] = {"requested": name, "served": name, "reason": "requested by the client"}
         return model
 
-    def choose_instance(self):
-        """Return the instance that serves this attempt; raise NoCapacity if there is none."""
+    def choose_instance(self, tried):
+        """Return the instance for the next attempt, skipping tried, drained and open ones.
+
+        Raise NoCapacity (with Retry-After when a breaker says when) if none is usable.
+        """
         model = self.model
-        candidates = model.instances
-        if not candidates:
-            raise NoCapacity(f"The model '{model.name}' has no enabled instance.")
-        counter = next(_rotation[model.name])
-        views = [balancer.Candidate(id=i.id, weight=i.weight, in_flight=_in_flight[i.id]) for i in candidates]
-        picked = balancer.choose(model.strategy, views, counter, _rng)
-        instance = next(i for i in candidates if i.id == picked.id)
-        self.decision.update(strategy=model.strategy, candidates=[i.id for i in candidates], instance=instance.id)
+        st = self.state
+        now = time.time()
+        usable, skipped = [], {}
+        for inst in model.instances:
+            if inst.id in tried:
+                continue
+            if inst.drained:
+                skipped[inst.id] = "drained"
+            elif not st.usable(inst.id, now):
+                breaker = st.breaker(inst.id)
+                skipped[inst.id] = f"{breaker.current(now)}: {breaker.reason}"
+            else:
+                usable.append(inst)
+        if not self.attempts:
+            self.decision.update(strategy=model.strategy, candidates=[i.id for i in usable])
+            if skipped:
+                self.decision["skipped"] = skipped
+        if not usable:
+            raise self._no_capacity(now)
+        views = [
+            balancer.Candidate(
+                id=i.id, weight=i.weight, in_flight=st.total_in_flight(i.id), latency_ms=st.latency_ms(i.id)
+            )
+            for i in usable
+        ]
+        picked = balancer.choose(model.strategy, views, next(_rotation[model.name]), _rng)
+        instance = next(i for i in usable if i.id == picked.id)
+        self.decision["instance"] = instance.id
         self.instance = instance
         return instance
 
+    def _no_capacity(self, now):
+        """Return the error for a model none of whose instances can take a request now."""
+        model = self.model
+        if not model.instances or all(i.drained for i in model.instances):
+            return NoCapacity(f"The model '{model.name}' has no enabled instance.")
+        waits = [
+            self.state.breaker(i.id).until - now
+            for i in model.instances
+            if not i.drained and self.state.breaker(i.id).current(now) == OPEN
+        ]
+        headers = {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
+        return NoCapacity(f"Every instance of '{model.name}' is unavailable right now; retry later.", headers=headers)
+
     # --- calling -----------------------------------------------------------------------------------------------
 
+    def _begin(self):
+        """Prepare the per-process state for this request (policy from the snapshot, retry budget credit)."""
+        st = self.state = state.get()
+        if st.applied is not self.snapshot:
+            st.apply_snapshot(self.snapshot)
+        st.budget.on_request()
+        return st
+
     def _attempt_done(self, instance, began, outcome, status=None):
-        """Note one upstream attempt in the decision record."""
-        entry = {"instance": instance.id, "outcome": outcome, "ms": round((time.perf_counter() - began) * 1000, 2)}
+        """Note one upstream attempt in the decision record; return its duration in ms."""
+        ms = round((time.perf_counter() - began) * 1000, 2)
+        entry = {"instance": instance.id, "outcome": outcome, "ms": ms}
         if status is not None:
             entry["status"] = status
         self.attempts.append(entry)
+        return ms
+
+    def _attempt_failed(self, instance, began, exc):
+        """Record a failed attempt (breaker included) and return (client-facing error, may retry elsewhere)."""
+        st = self.state
+        if isinstance(exc, TimeoutError):
+            self._attempt_done(instance, began, "timeout")
+            st.finished(instance.id, ok=False, detail="timeout")
+            return UpstreamTimeout(), True
+        if isinstance(exc, StopAsyncIteration):
+            exc = UpstreamFailure("bad_response", "the upstream sent an empty stream")
+        error = self._upstream_error(exc)
+        self._attempt_done(instance, began, exc.kind, exc.status)
+        if exc.kind == "status" and exc.status in CLIENT_FAULT_STATUSES:
+            st.finished(instance.id, ok=False, counts=False)  # the client's fault says nothing of the instance
+            return error, False
+        detail = f"HTTP {exc.status}" if exc.status else exc.kind.replace("_", " ")
+        retry_after = exc.retry_after if exc.status == 429 else None
+        st.finished(instance.id, ok=False, detail=detail, retry_after=retry_after)
+        return error, True
+
+    def _may_retry(self, retryable):
+        """Return whether another instance may be tried (attempt cap and retry budget)."""
+        return retryable and len(self.attempts) < self.snapshot.max_attempts and self.state.budget.try_spend()
+
+    async def _failover(self, call):
+        """Await call(instance) on one instance after another until one succeeds; return (instance, began, result).
+
+        A failed attempt is retried on another usable instance while the attempt cap and the retry budget allow it
+        and the failure is not the client's fault. The client gets the last attempt's error, or NoCapacity when no
+        instance was usable at all.
+        """
+        st = self._begin()
+        tried, last_error = [], None
+        while True:
+            try:
+                instance = self.choose_instance(tried)
+            except NoCapacity:
+                if last_error is not None:
+                    raise last_error from None
+                raise
+            began = time.perf_counter()
+            st.started(instance.id)
+            try:
+                async with asyncio.timeout(instance.timeout):
+                    return instance, began, await call(instance)
+            except (TimeoutError, UpstreamFailure, StopAsyncIteration) as exc:
+                last_error, retryable = self._attempt_failed(instance, began, exc)
+                tried.append(instance.id)
+                if not self._may_retry(retryable):
+                    raise last_error from None
+            except asyncio.CancelledError:
+                self._attempt_done(instance, began, "cancelled")
+                st.finished(instance.id, ok=False, counts=False)
+                raise
 
     async def complete(self):
-        """Call the upstream once and return its Completion; raise GatewayError on failure."""
-        instance = self.choose_instance()
-        adapter = adapters.for_instance(instance)
-        began = time.perf_counter()
-        _in_flight[instance.id] += 1
-        try:
-            async with asyncio.timeout(instance.timeout):
-                completion = await adapter.complete(instance, self.body)
-        except TimeoutError:
-            self._attempt_done(instance, began, "timeout")
-            raise UpstreamTimeout() from None
-        except UpstreamFailure as failure:
-            self._attempt_done(instance, began, failure.kind, failure.status)
-            raise self._upstream_error(failure) from None
-        except asyncio.CancelledError:
-            self._attempt_done(instance, began, "cancelled")
-            raise
-        finally:
-            _in_flight[instance.id] -= 1
-        self._attempt_done(instance, began, "ok", 200)
+        """Return the upstream's Completion (with failover); raise GatewayError on failure."""
+        instance, began, completion = await self._failover(
+            lambda inst: adapters.for_instance(inst).complete(inst, self.body)
+        )
+        ms = self._attempt_done(instance, began, "ok", 200)
+        self.state.finished(instance.id, ok=True, latency_ms=ms)
         self.usage = completion.usage
         return completion
 
     async def open_stream(self):
-        """Start the upstream stream and wait for its first chunk; return the relay to send to the client."""
-        instance = self.choose_instance()
-        adapter = adapters.for_instance(instance)
-        began = time.perf_counter()
-        chunks = adapter.stream(instance, self.body)
-        _in_flight[instance.id] += 1
-        try:
-            async with asyncio.timeout(instance.timeout):
-                first = await anext(chunks)
-        except BaseException as exc:
-            _in_flight[instance.id] -= 1
-            await chunks.aclose()
-            if isinstance(exc, TimeoutError):
-                self._attempt_done(instance, began, "timeout")
-                raise UpstreamTimeout() from None
-            if isinstance(exc, StopAsyncIteration):
-                self._attempt_done(instance, began, "bad_response")
-                raise UpstreamError(
-                    "The upstream provider sent an empty stream.", code="upstream_bad_response"
-                ) from None
-            if isinstance(exc, UpstreamFailure):
-                self._attempt_done(instance, began, exc.kind, exc.status)
-                raise self._upstream_error(exc) from None
-            if isinstance(exc, asyncio.CancelledError):
-                self._attempt_done(instance, began, "cancelled")
-            raise
+        """Start the stream (with failover until a first chunk arrives); return the relay for the client."""
+
+        async def first_chunk(inst):
+            chunks = adapters.for_instance(inst).stream(inst, self.body)
+            try:
+                return chunks, await anext(chunks)
+            except BaseException:
+                await chunks.aclose()
+                raise
+
+        instance, began, (chunks, first) = await self._failover(first_chunk)
         self.ttft_ms = (time.perf_counter() - self.started) * 1000
         return self._relay(instance, chunks, first, began)
 
@@ -249,6 +322,8 @@ class ChatRequest:
         """Yield the stream as SSE bytes, ending in [DONE], an error event, or the client going away."""
         wants_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
         outcome, status, error = Outcome.CLIENT_DISCONNECTED, 200, None
+        first_chunk_ms = (time.perf_counter() - began) * 1000
+        verdict = {"ok": False, "counts": False}
         chunk = first
         try:
             while True:
@@ -265,19 +340,20 @@ class ChatRequest:
                     break
             outcome = Outcome.OK
             self._attempt_done(instance, began, "ok", 200)
+            verdict = {"ok": True, "latency_ms": first_chunk_ms}
             yield SSE_DONE
         except (TimeoutError, UpstreamFailure) as exc:
+            timed_out = isinstance(exc, TimeoutError)
             error = (
-                UpstreamTimeout("The upstream provider stopped sending.")
-                if isinstance(exc, TimeoutError)
-                else (self._upstream_error(exc))
+                UpstreamTimeout("The upstream provider stopped sending.") if timed_out else (self._upstream_error(exc))
             )
             outcome = error.outcome
-            self._attempt_done(instance, began, "timeout" if isinstance(exc, TimeoutError) else exc.kind)
+            self._attempt_done(instance, began, "timeout" if timed_out else exc.kind)
+            verdict = {"ok": False, "detail": "stalled mid-stream" if timed_out else f"broke mid-stream ({exc.kind})"}
             # Headers are already sent: report the failure in-band, as OpenAI does, never as a silent end.
             yield sse(_json_bytes(error.body()))
         finally:
-            _in_flight[instance.id] -= 1
+            self.state.finished(instance.id, **verdict)
             await chunks.aclose()
             if outcome == Outcome.CLIENT_DISCONNECTED:
                 self._attempt_done(instance, began, "client_disconnected")

@@ -5,6 +5,7 @@ The hot path reads `current()` and never queries the database. A background thre
 admin change reaches every worker within about one poll interval, without a restart.
 """
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -14,9 +15,18 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Max
 
-from routing import adapters, pricing
-from routing.models import ApiKey, ConfigRevision, Model, ProviderInstance, RoutingSettings, RoutingStrategy
+from routing import adapters, health, pricing
+from routing.models import (
+    ApiKey,
+    ConfigRevision,
+    InstanceProbe,
+    Model,
+    ProviderInstance,
+    RoutingSettings,
+    RoutingStrategy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ class InstanceConfig:
     stream_timeout: float
     input_cost_per_token: Decimal | None
     output_cost_per_token: Decimal | None
+    drained: bool = False
+    breaker_reset_at: float | None = None
 
     @property
     def upstream_model(self):
@@ -91,6 +103,9 @@ class Snapshot:
     default_strategy: str
     auto_select: bool
     loaded_at: float
+    breaker_policy: health.BreakerPolicy = health.BreakerPolicy()
+    max_attempts: int = 3
+    retry_budget_ratio: float = 0.1
 
 
 def _per_token(per_mtok):
@@ -167,10 +182,42 @@ def build():
         default_strategy=routing_settings.default_strategy,
         auto_select=routing_settings.auto_select,
         loaded_at=time.time(),
+        breaker_policy=health.BreakerPolicy(
+            consecutive_failures=routing_settings.breaker_consecutive_failures,
+            error_ratio=routing_settings.breaker_error_ratio,
+            min_requests=routing_settings.breaker_min_requests,
+            window_seconds=routing_settings.breaker_window_seconds,
+            cooldown_seconds=routing_settings.breaker_cooldown_seconds,
+            max_cooldown_seconds=routing_settings.breaker_max_cooldown_seconds,
+            half_open_successes=routing_settings.breaker_half_open_successes,
+        ),
+        max_attempts=max(1, routing_settings.max_attempts),
+        retry_budget_ratio=routing_settings.retry_budget_ratio,
     )
 
 
 _current = None
+# Active health-check results not yet fed to the breakers: (instance id, ok, checked at, detail). Filled by the
+# refresher thread, drained on the event loop (routing.runtime), which owns the breakers.
+probe_results = collections.deque(maxlen=10_000)
+_last_probe_pk = None
+
+
+def poll_probes():
+    """Queue the probe results stored since the last poll (the first poll only remembers where history ends)."""
+    global _last_probe_pk
+    if _last_probe_pk is None:
+        _last_probe_pk = InstanceProbe.objects.aggregate(last=Max("pk"))["last"] or 0
+        return
+    rows = (
+        InstanceProbe.objects.filter(pk__gt=_last_probe_pk)
+        .order_by("pk")
+        .values_list("pk", "instance_id", "ok", "checked_at", "status_code", "error")[:1000]
+    )
+    for pk, instance_id, ok, checked_at, status, error in rows:
+        _last_probe_pk = pk
+        detail = f"probe: HTTP {status}" if status and not ok else f"probe: {error[:80]}" if error else "probe"
+        probe_results.append((instance_id, ok, checked_at.timestamp(), detail))
 
 
 def current():
@@ -205,6 +252,7 @@ class Refresher(threading.Thread):
                 if snap is None or ConfigRevision.current_token() != snap.token:
                     reload()
                     logger.info("routing configuration reloaded")
+                poll_probes()
                 if failing:
                     logger.warning("routing configuration refresh recovered")
                 failing = False

@@ -1,5 +1,6 @@
 """Helpers that create routing configuration for tests through the real models and services."""
 
+import itertools
 import json
 
 from routing.auth import api_key_create
@@ -17,14 +18,28 @@ def make_provider(adapter="passthrough"):
     return provider
 
 
+_models_made = itertools.count()
+
+
 def make_model(name, fakes, *, adapter="passthrough", litellm_model="openai/gpt-4o-mini", **fields):
-    """Create an enabled Model with one instance per fake provider (ids NAME-0, NAME-1, …)."""
+    """Create an enabled Model with one instance per fake provider; return it with `.instance_ids` in that order.
+
+    Instance ids are unique across the test session (NAME-N-INDEX), because a gateway process outlives a test and
+    remembers each instance's health by id.
+    """
     model = Model.objects.create(name=name, **fields)
     provider = make_provider(adapter)
+    serial = next(_models_made)
+    model.instance_ids = []
     for index, fake in enumerate(fakes):
         inst = ProviderInstance(
-            id=f"{name}-{index}", model=model, provider=provider, litellm_model=litellm_model, api_base=fake.url
+            id=f"{name}-{serial}-{index}",
+            model=model,
+            provider=provider,
+            litellm_model=litellm_model,
+            api_base=fake.url,
         )
+        model.instance_ids.append(inst.id)
         inst.set_api_key(UPSTREAM_KEY)
         inst.save()
     return model

@@ -49,10 +49,12 @@ def adapter(request):
 @pytest.fixture
 def setup(gateway, fake, adapter):
     """Return (client, raw key) for a model `vault-test` served by the fake through the adapter under test."""
-    make_model("vault-test", [fake], adapter=adapter)
+    model = make_model("vault-test", [fake], adapter=adapter)
     raw = make_key()
     wait_for_model(gateway, raw, "vault-test")
-    return openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0), raw
+    client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
+    client.instance_id = model.instance_ids[0]
+    return client, raw
 
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -67,7 +69,7 @@ def test_it_serves_a_chat_completion_and_records_it(setup, fake):
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.prompt_tokens == 3 and completion.usage.completion_tokens == 20
     assert raw_resp.headers["x-chatvault-model"] == "vault-test"
-    assert raw_resp.headers["x-chatvault-instance"] == "vault-test-0"
+    assert raw_resp.headers["x-chatvault-instance"] == client.instance_id
     # The gateway's upstream key, not the client's, reaches the provider.
     assert fake.requests()[-1]["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
@@ -75,12 +77,12 @@ def test_it_serves_a_chat_completion_and_records_it(setup, fake):
     assert str(row.request_id) == raw_resp.headers["x-request-id"]
     assert (row.outcome, row.status_code, row.stream) == (Outcome.OK, 200, False)
     assert (row.requested_model, row.served_model, row.instance_id, row.user) == (
-        "vault-test", "vault-test", "vault-test-0", "u-1"
+        "vault-test", "vault-test", client.instance_id, "u-1"
     )  # fmt: skip
     assert (row.prompt_tokens, row.completion_tokens, row.attempts) == (3, 20, 1)
     assert row.cost_usd == 3 * GPT_4O_MINI_IN + 20 * GPT_4O_MINI_OUT
     assert row.api_key.key_hash == hash_key(raw)
-    assert row.decision["instance"] == "vault-test-0"
+    assert row.decision["instance"] == client.instance_id
     assert row.decision["strategy"] == "round-robin"
     assert row.decision["attempts"][0]["outcome"] == "ok"
     assert row.latency_ms > 0

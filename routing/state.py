@@ -1,0 +1,305 @@
+"""This worker's view of instance health and load, shared with every other worker through Redis when configured.
+
+What is shared: breaker states (closed/open/half-open, reason, until), in-flight counts and latency EWMAs, plus a
+per-worker summary of recent results for the stats endpoint. Nothing here costs a Redis round trip on the request
+path: requests read and update in-process dicts, and a background task syncs with Redis every `SYNC_SECONDS`
+(publishing this worker's numbers and breaker changes, reading everyone else's). A breaker opened by one worker is
+therefore respected by all others within about one sync interval.
+
+Without `REDIS_URL` the same state is simply per process. When Redis is unreachable, workers log one warning, forget
+the other workers' (now stale) numbers and carry on with their own until Redis is back; no request fails for it.
+
+What stays local on purpose: the failure counters that decide when to trip (each worker trips on what it saw) and
+the retry budget (a per-process share of requests).
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter, deque
+
+from django.conf import settings
+
+from routing import health
+from routing.health import CLOSED, HALF_OPEN, OPEN, BreakerState, Observations, RetryBudget
+
+logger = logging.getLogger(__name__)
+
+SYNC_SECONDS = 0.1
+WORKER_TTL_SECONDS = 5
+EWMA_ALPHA = 0.3
+LATENCY_SAMPLES = 256
+KEY_PREFIX = "chatvault:"
+
+
+def _percentile(sorted_values, fraction):
+    """Return the nearest-rank percentile of sorted values, or None."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+class RoutingState:
+    """Breakers, in-flight counts, latency EWMAs and the retry budget of this worker."""
+
+    def __init__(self, redis_url=""):
+        self.redis_url = redis_url
+        self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.policy = health.BreakerPolicy()
+        self.budget = RetryBudget()
+        self.breakers = {}  # instance id -> BreakerState (the shared view)
+        self.observations = {}  # instance id -> Observations (local)
+        self.in_flight = Counter()  # this worker's in-flight requests per instance
+        self.others_in_flight = Counter()  # the other workers' (from the last sync)
+        self.ewma = {}  # this worker's latency EWMA per instance
+        self.others_ewma = {}  # instance id -> [EWMAs of other workers]
+        self.latencies = {}  # instance id -> deque of recent latencies (ms), local
+        self.others_summary = {}  # instance id -> [summaries of other workers]
+        self._dirty = set()  # breakers changed here and not yet published
+        self._reset_seen = {}  # instance id -> breaker_reset_at applied
+        self.applied = None  # the snapshot whose policy is in force
+        self._redis = None
+        self._sync_task = None
+        self.shared_ok = None  # None: not shared; True/False: Redis reachable or not
+
+    # --- configuration ----------------------------------------------------------------------------------------
+
+    def apply_snapshot(self, snap):
+        """Adopt the policy of a new snapshot and carry out operator breaker resets made since the last one."""
+        self.applied = snap
+        self.policy = snap.breaker_policy
+        self.budget.ratio = snap.retry_budget_ratio
+        for model in snap.models.values():
+            for inst in model.instances:
+                if inst.id not in self._reset_seen:
+                    self._reset_seen[inst.id] = inst.breaker_reset_at  # a reset from before this worker existed
+                elif self._reset_seen[inst.id] != inst.breaker_reset_at:
+                    self._reset_seen[inst.id] = inst.breaker_reset_at
+                    logger.info("instance %s breaker reset by an operator", inst.id)
+                    self._set(inst.id, health.reset())
+                    self.observations.pop(inst.id, None)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def breaker(self, instance_id):
+        """Return the breaker state of an instance."""
+        return self.breakers.get(instance_id) or BreakerState()
+
+    def total_in_flight(self, instance_id):
+        """Return the in-flight requests of an instance across all workers."""
+        return self.in_flight[instance_id] + self.others_in_flight[instance_id]
+
+    def latency_ms(self, instance_id):
+        """Return the latency EWMA of an instance across workers, or None if never measured."""
+        values = list(self.others_ewma.get(instance_id, ()))
+        if instance_id in self.ewma:
+            values.append(self.ewma[instance_id])
+        return sum(values) / len(values) if values else None
+
+    def usable(self, instance_id, now):
+        """Return whether a request may go to the instance now (half-open: one trial at a time per worker)."""
+        current = self.breaker(instance_id).current(now)
+        if current == CLOSED:
+            return True
+        if current == HALF_OPEN:
+            return self.in_flight[instance_id] == 0
+        return False
+
+    def summary(self, instance_id, now):
+        """Return requests, error rate and latency percentiles over the breaker window, across workers."""
+        obs = self.observations.get(instance_id)
+        local_requests = local_errors = 0
+        if obs is not None:
+            horizon = now - self.policy.window_seconds
+            recent = [ok for at, ok in obs.recent if at >= horizon]
+            local_requests, local_errors = len(recent), recent.count(False)
+        samples = sorted(self.latencies.get(instance_id, ()))
+        parts = [(local_requests, local_errors, _percentile(samples, 0.5), _percentile(samples, 0.95))]
+        parts += [(s["requests"], s["errors"], s["p50"], s["p95"]) for s in self.others_summary.get(instance_id, ())]
+        requests = sum(p[0] for p in parts)
+        errors = sum(p[1] for p in parts)
+
+        def merged(index):
+            weighted = [(p[index], max(p[0], 1)) for p in parts if p[index] is not None]
+            if not weighted:
+                return None
+            return round(sum(v * w for v, w in weighted) / sum(w for _, w in weighted), 2)
+
+        return {
+            "requests": requests,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "latency_ms_p50": merged(2),
+            "latency_ms_p95": merged(3),
+        }
+
+    # --- recording ----------------------------------------------------------------------------------------------
+
+    def started(self, instance_id):
+        """Note a request sent to an instance."""
+        self.in_flight[instance_id] += 1
+
+    def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None):
+        """Note how a request to an instance ended and update its breaker.
+
+        `counts=False` is for outcomes that say nothing about the instance (a client error, a client gone away).
+        """
+        self.in_flight[instance_id] -= 1
+        if not counts:
+            return
+        now = time.time()
+        self.observe(instance_id, ok=ok, now=now, detail=detail, retry_after=retry_after)
+        if ok and latency_ms is not None:
+            previous = self.ewma.get(instance_id)
+            self.ewma[instance_id] = (
+                latency_ms if previous is None else (EWMA_ALPHA * latency_ms + (1 - EWMA_ALPHA) * previous)
+            )
+            self.latencies.setdefault(instance_id, deque(maxlen=LATENCY_SAMPLES)).append(latency_ms)
+
+    def observe(self, instance_id, *, ok, now, detail="", retry_after=None):
+        """Feed one result (a request or an active probe) to the instance's breaker."""
+        state = self.breaker(instance_id)
+        obs = self.observations.setdefault(instance_id, Observations())
+        if retry_after:
+            obs.add(now, False, self.policy.window_seconds)
+            new = health.cool_down(state, now, retry_after, f"rate limited upstream (Retry-After {retry_after:g}s)")
+        else:
+            new = health.record(state, obs, self.policy, now, ok, detail)
+        if new != state:
+            if new.state == OPEN and state.current(now) != OPEN:
+                logger.warning("instance %s breaker opened: %s", instance_id, new.reason)
+            elif new.state == CLOSED and state.state != CLOSED:
+                logger.info("instance %s breaker closed", instance_id)
+            self._set(instance_id, new)
+
+    def _set(self, instance_id, state):
+        """Change a breaker here and mark it for publishing."""
+        self.breakers[instance_id] = state
+        if self._redis is not None:
+            self._dirty.add(instance_id)
+
+    # --- sharing through Redis ----------------------------------------------------------------------------------
+
+    def start_sync(self):
+        """Start syncing with Redis in the running event loop (no-op without REDIS_URL)."""
+        if not self.redis_url or self._sync_task is not None:
+            return
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def stop_sync(self):
+        """Stop syncing and withdraw this worker's numbers."""
+        if self._sync_task is None:
+            return
+        self._sync_task.cancel()
+        try:
+            await self._sync_task
+        except asyncio.CancelledError:
+            pass
+        try:
+            await self._redis.delete(self._key(f"worker:{self.worker_id}"))
+            await self._redis.srem(self._key("workers"), self.worker_id)
+        except Exception:  # best effort: the key expires anyway
+            pass
+        await self._redis.aclose()
+        self._sync_task = self._redis = None
+
+    async def _sync_loop(self):
+        """Sync every SYNC_SECONDS until cancelled; a Redis outage degrades to local state."""
+        while True:
+            try:
+                await self.sync_once()
+                if self.shared_ok is False:
+                    logger.warning("Redis reachable again: routing state is shared across workers again")
+                self.shared_ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.shared_ok is not False:
+                    logger.warning("Redis unreachable (%s): routing state is per worker until it is back", exc)
+                self.shared_ok = False
+                self.others_in_flight.clear()
+                self.others_ewma.clear()
+                self.others_summary.clear()
+            await asyncio.sleep(SYNC_SECONDS)
+
+    def _key(self, name):
+        """Return a namespaced Redis key."""
+        return f"{KEY_PREFIX}{name}"
+
+    def _worker_payload(self, now):
+        """Return what this worker publishes about itself."""
+        return json.dumps(
+            {
+                "in_flight": {k: v for k, v in self.in_flight.items() if v},
+                "ewma": self.ewma,
+                "summary": {i: self._local_summary(i, now) for i in self.observations},
+            }
+        )
+
+    def _local_summary(self, instance_id, now):
+        """Return this worker's own requests, errors and latency percentiles for an instance."""
+        obs = self.observations[instance_id]
+        horizon = now - self.policy.window_seconds
+        recent = [ok for at, ok in obs.recent if at >= horizon]
+        samples = sorted(self.latencies.get(instance_id, ()))
+        return {
+            "requests": len(recent),
+            "errors": recent.count(False),
+            "p50": _percentile(samples, 0.5),
+            "p95": _percentile(samples, 0.95),
+        }
+
+    async def sync_once(self):
+        """Publish this worker's changes and numbers; read everyone else's."""
+        now = time.time()
+        dirty, self._dirty = self._dirty, set()
+        pipe = self._redis.pipeline(transaction=False)
+        if dirty:
+            pipe.hset(self._key("breakers"), mapping={i: json.dumps(self.breaker(i).to_dict()) for i in dirty})
+        pipe.set(self._key(f"worker:{self.worker_id}"), self._worker_payload(now), ex=WORKER_TTL_SECONDS)
+        pipe.sadd(self._key("workers"), self.worker_id)
+        pipe.hgetall(self._key("breakers"))
+        pipe.smembers(self._key("workers"))
+        try:
+            results = await pipe.execute()
+        except Exception:
+            self._dirty |= dirty  # publish them next time
+            raise
+        shared_breakers, workers = results[-2], results[-1]
+        for raw_id, raw_state in shared_breakers.items():
+            instance_id = raw_id.decode()
+            if instance_id not in self._dirty:
+                self.breakers[instance_id] = BreakerState.from_dict(json.loads(raw_state))
+        others = sorted(w.decode() for w in workers if w.decode() != self.worker_id)
+        payloads = await self._redis.mget([self._key(f"worker:{w}") for w in others]) if others else []
+        in_flight, ewma, summary, gone = Counter(), {}, {}, []
+        for worker, payload in zip(others, payloads, strict=True):
+            if payload is None:
+                gone.append(worker)
+                continue
+            data = json.loads(payload)
+            in_flight.update(data.get("in_flight", {}))
+            for instance_id, value in data.get("ewma", {}).items():
+                ewma.setdefault(instance_id, []).append(value)
+            for instance_id, value in data.get("summary", {}).items():
+                summary.setdefault(instance_id, []).append(value)
+        if gone:
+            await self._redis.srem(self._key("workers"), *gone)
+        self.others_in_flight, self.others_ewma, self.others_summary = in_flight, ewma, summary
+
+
+_state = None
+
+
+def get():
+    """Return this process's routing state."""
+    global _state
+    if _state is None:
+        _state = RoutingState(settings.REDIS_URL)
+    return _state
