@@ -146,7 +146,7 @@ class RetryBudget:
 
     def try_spend(self):
         """Spend one retry if the budget allows it; return whether it did."""
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 - 1e-9:  # ten deposits of 0.1 add up to 0.999…
             self.tokens -= 1.0
             return True
         return False

@@ -150,6 +150,8 @@ class ChatRequest:
         self.usage = None
         self.ttft_ms = None
         self.state = None
+        self.budget = None
+        self._turn = 0
         self._recorded = False
 
     # --- choosing ----------------------------------------------------------------------------------------------
@@ -201,7 +203,9 @@ class ChatRequest:
             )
             for i in usable
         ]
-        picked = balancer.choose(model.strategy, views, next(_rotation[model.name]), _rng)
+        if not tried:  # a retry keeps the request's place in the rotation instead of taking another turn
+            self._turn = next(_rotation[model.name])
+        picked = balancer.choose(model.strategy, views, self._turn + len(tried), _rng)
         instance = next(i for i in usable if i.id == picked.id)
         self.decision["instance"] = instance.id
         self.instance = instance
@@ -227,7 +231,8 @@ class ChatRequest:
         st = self.state = state.get()
         if st.applied is not self.snapshot:
             st.apply_snapshot(self.snapshot)
-        st.budget.on_request()
+        self.budget = st.budget(self.model.name)
+        self.budget.on_request()
         return st
 
     def _attempt_done(self, instance, began, outcome, status=None):
@@ -260,7 +265,7 @@ class ChatRequest:
 
     def _may_retry(self, retryable):
         """Return whether another instance may be tried (attempt cap and retry budget)."""
-        return retryable and len(self.attempts) < self.snapshot.max_attempts and self.state.budget.try_spend()
+        return retryable and len(self.attempts) < self.snapshot.max_attempts and self.budget.try_spend()
 
     async def _failover(self, call):
         """Await call(instance) on one instance after another until one succeeds; return (instance, began, result).

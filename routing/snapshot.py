@@ -135,6 +135,8 @@ def _instance_config(inst, model):
         output_cost_per_token=_per_token(model.output_cost_per_mtok)
         if model.output_cost_per_mtok is not None
         else prices.output_cost_per_token,
+        drained=inst.drained,
+        breaker_reset_at=inst.breaker_reset_at.timestamp() if inst.breaker_reset_at else None,
     )
 
 

@@ -10,7 +10,7 @@ Without `REDIS_URL` the same state is simply per process. When Redis is unreacha
 the other workers' (now stale) numbers and carry on with their own until Redis is back; no request fails for it.
 
 What stays local on purpose: the failure counters that decide when to trip (each worker trips on what it saw) and
-the retry budget (a per-process share of requests).
+the retry budgets (one per model: a per-process share of that model's requests).
 """
 
 import asyncio
@@ -50,7 +50,8 @@ class RoutingState:
         self.redis_url = redis_url
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy = health.BreakerPolicy()
-        self.budget = RetryBudget()
+        self.retry_ratio = RetryBudget().ratio
+        self.budgets = {}  # model name -> RetryBudget
         self.breakers = {}  # instance id -> BreakerState (the shared view)
         self.observations = {}  # instance id -> Observations (local)
         self.in_flight = Counter()  # this worker's in-flight requests per instance
@@ -72,7 +73,9 @@ class RoutingState:
         """Adopt the policy of a new snapshot and carry out operator breaker resets made since the last one."""
         self.applied = snap
         self.policy = snap.breaker_policy
-        self.budget.ratio = snap.retry_budget_ratio
+        self.retry_ratio = snap.retry_budget_ratio
+        for budget in self.budgets.values():
+            budget.ratio = snap.retry_budget_ratio
         for model in snap.models.values():
             for inst in model.instances:
                 if inst.id not in self._reset_seen:
@@ -84,6 +87,13 @@ class RoutingState:
                     self.observations.pop(inst.id, None)
 
     # --- reading ------------------------------------------------------------------------------------------------
+
+    def budget(self, model_name):
+        """Return the retry budget of a model (one per model: one model's outage leaves others their retries)."""
+        budget = self.budgets.get(model_name)
+        if budget is None:
+            budget = self.budgets[model_name] = RetryBudget(ratio=self.retry_ratio)
+        return budget
 
     def breaker(self, instance_id):
         """Return the breaker state of an instance."""

@@ -61,3 +61,18 @@ def fake_b(_fake_b):
     _fake_b.reset_config()
     _fake_b.clear_requests()
     return _fake_b
+
+
+@pytest.fixture
+def redis_url():
+    """Return the URL of an emptied Redis database for this test (TEST_REDIS_URL, default db 15 on localhost)."""
+    import os
+
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

@@ -1,0 +1,241 @@
+"""Fault tests: real fake-provider processes inject faults; a real gateway must hide them while it can.
+
+Each test checks what the client saw, what the upstreams saw, and that there is exactly one RequestLog row per
+client request.
+"""
+
+import itertools
+import json
+import socket
+import time
+
+import openai
+import pytest
+
+from routing.models import ConfigRevision, Outcome, ProviderInstance, RoutingSettings
+from tests.factories import make_key, make_model, wait_for_model
+from tests.gateway import wait_until
+from tests.routing.test_api import MESSAGES, wait_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def tune(**fields):
+    """Change RoutingSettings the way admin does and give the gateway time to reload."""
+    settings = RoutingSettings.load()
+    for name, value in fields.items():
+        setattr(settings, name, value)
+    settings.save()
+    time.sleep(0.4)
+
+
+def set_instance(instance_id, **fields):
+    """Change an instance the way admin does and give the gateway time to reload."""
+    ProviderInstance.objects.filter(pk=instance_id).update(**fields)
+    ConfigRevision.bump()
+    time.sleep(0.4)
+
+
+_pairs_made = itertools.count()
+
+
+class Client:
+    """An SDK client bound to one model, answering which instance served each request."""
+
+    def __init__(self, gateway, raw_key, model):
+        self.sdk = openai.OpenAI(base_url=gateway.url, api_key=raw_key, max_retries=0)
+        self.model = model
+
+    def __call__(self, stream=False):
+        """Send one request; return the instance that served it (raise the SDK's error otherwise)."""
+        create = self.sdk.chat.completions
+        if stream:
+            with create.with_streaming_response.create(model=self.model, messages=MESSAGES, stream=True) as resp:
+                body = resp.read().decode()
+                assert body.rstrip().endswith("data: [DONE]"), body[-200:]
+                return resp.headers["x-chatvault-instance"]
+        resp = create.with_raw_response.create(model=self.model, messages=MESSAGES)
+        resp.parse()
+        return resp.headers["x-chatvault-instance"]
+
+
+@pytest.fixture
+def pair(gateway, fake, fake_b):
+    """Return (chat, id of the instance on `fake`, id of the one on `fake_b`) for a fresh two-instance model.
+
+    A fresh model name per test gives it a fresh rotation and retry budget in the long-lived gateway process.
+    """
+    name = f"vault-ha-{next(_pairs_made)}"
+    model = make_model(name, [fake, fake_b])
+    raw = make_key()
+    wait_for_model(gateway, raw, name)
+    return Client(gateway, raw, name), *model.instance_ids
+
+
+def _closed_port():
+    """Return a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_failover_hides_a_failing_instance_and_its_breaker_opens(pair, fake, fake_b):
+    chat, sick, healthy = pair
+    fake.set_config(status=503)
+    served = [chat(stream=i % 2 == 1) for i in range(30)]
+
+    assert set(served) == {healthy}, "no request failed and none was served by the sick instance"
+    # Round-robin sends every other request to the sick instance until 5 failures in a row open its breaker.
+    assert len(fake.requests()) == 5
+    assert len(fake_b.requests()) == 30
+    rows = wait_rows(30)
+    assert {r.outcome for r in rows} == {Outcome.OK}
+    failed_over = [r for r in rows if r.attempts == 2]
+    assert len(failed_over) == 5
+    assert [a["instance"] for a in failed_over[0].decision["attempts"]] == [sick, healthy]
+    assert failed_over[0].decision["attempts"][0]["status"] == 503
+    later = rows[-1].decision
+    assert later["attempts"] == [
+        {"instance": healthy, "outcome": "ok", "status": 200, "ms": later["attempts"][0]["ms"]}
+    ]
+    assert later["skipped"][sick].startswith("open: 5 consecutive failures")
+
+
+@pytest.mark.parametrize("fault", ["connection_refused", "hang", "garbage", "disconnect", "status_500"])
+def test_each_kind_of_fault_fails_over_without_a_client_error(pair, fake, fault):
+    chat, sick, healthy = pair
+    if fault == "connection_refused":
+        set_instance(sick, api_base=f"http://127.0.0.1:{_closed_port()}/v1")
+    elif fault == "hang":
+        set_instance(sick, timeout=0.5)
+        fake.set_config(fault="hang")
+    elif fault == "status_500":
+        fake.set_config(status=500)
+    else:
+        fake.set_config(fault=fault)
+    served = [chat(stream=stream) for stream in (False, True, False, True)]
+    assert set(served) == {healthy}
+    rows = wait_rows(4)
+    assert {r.outcome for r in rows} == {Outcome.OK}
+    assert sum(r.attempts for r in rows) == 6  # round-robin tried the sick one twice
+
+
+def test_429_with_retry_after_cools_the_instance_for_that_long(pair, fake):
+    chat, sick, healthy = pair
+    fake.set_config(status=429, retry_after=2)
+    assert chat() == healthy  # the first pick was the rate-limited one: failed over
+    assert len(fake.requests()) == 1
+    cooled_at = time.monotonic()
+    fake.reset_config()
+    served = [chat() for _ in range(6)]
+    assert set(served) == {healthy}, "cooling: no traffic to the rate-limited instance"
+    assert len(fake.requests()) == 1
+    time.sleep(max(0, 2.1 - (time.monotonic() - cooled_at)))
+    served = [chat() for _ in range(6)]
+    assert sick in served, "after Retry-After the instance gets traffic again"
+
+
+def test_breaker_goes_open_half_open_closed(pair, fake):
+    chat, sick, healthy = pair
+    tune(breaker_cooldown_seconds=1)
+    fake.set_config(status=503)
+    for _ in range(10):
+        chat()
+    assert len(fake.requests()) == 5  # open now
+    fake.reset_config()
+    fake.clear_requests()
+    time.sleep(1.1)  # half-open: trial requests go through, one at a time
+    served = [chat() for _ in range(8)]
+    assert served.count(sick) >= 2
+    # Two successful trials closed it: round-robin again, strictly alternating.
+    assert all(a != b for a, b in zip(served[-4:], served[-3:], strict=False)), served
+
+
+def test_a_failed_trial_reopens_with_a_longer_cooldown(pair, fake):
+    chat, sick, healthy = pair
+    tune(breaker_cooldown_seconds=1)
+    fake.set_config(status=503)
+    for _ in range(10):
+        chat()
+    time.sleep(1.1)
+    for _ in range(4):
+        chat()
+    assert len(fake.requests()) == 6, "exactly one trial while half-open, and it failed"
+    time.sleep(1.1)  # the second cooldown is 2 s: still open
+    for _ in range(4):
+        chat()
+    assert len(fake.requests()) == 6
+
+
+def test_when_no_instance_can_serve_the_client_gets_503_with_retry_after(pair, fake, fake_b):
+    chat, _, _ = pair
+    fake.set_config(status=503)
+    fake_b.set_config(status=503)
+    errors = []
+    for _ in range(12):
+        with pytest.raises(openai.APIStatusError) as exc:
+            chat()
+        errors.append(exc.value)
+    assert errors[0].status_code == 502  # the upstreams' own failure while they were still tried
+    assert errors[-1].status_code == 503
+    assert int(errors[-1].response.headers["retry-after"]) in range(1, 11)
+    rows = wait_rows(12)
+    assert rows[-1].outcome == Outcome.NO_CAPACITY and rows[-1].attempts == 0
+
+
+def test_a_full_outage_does_not_multiply_upstream_traffic(pair, fake, fake_b):
+    chat, _, _ = pair
+    # Keep the breakers closed so only the retry budget stands between clients and the upstreams.
+    tune(breaker_consecutive_failures=10_000, breaker_min_requests=10_000)
+    fake.set_config(status=503)
+    fake_b.set_config(status=503)
+    for _ in range(100):
+        with pytest.raises(openai.InternalServerError):
+            chat()
+    upstream_attempts = len(fake.requests()) + len(fake_b.requests())
+    assert 100 <= upstream_attempts <= 120
+    rows = wait_rows(100)
+    assert sum(r.attempts for r in rows) == upstream_attempts
+    assert {r.status_code for r in rows} == {502}
+
+
+def test_a_client_error_is_not_retried_and_does_not_count_against_the_instance(pair, fake, fake_b):
+    chat, _, _ = pair
+    fake.set_config(status=400)
+    fake_b.set_config(status=400)
+    for _ in range(8):
+        with pytest.raises(openai.BadRequestError):
+            chat()
+    assert len(fake.requests()) + len(fake_b.requests()) == 8
+    fake.reset_config()
+    fake_b.reset_config()
+    assert len({chat() for _ in range(4)}) == 2, "both instances still in rotation"
+
+
+def test_a_drained_instance_gets_no_new_requests(pair, fake):
+    chat, sick, healthy = pair
+    set_instance(sick, drained=True)
+    assert {chat() for _ in range(6)} == {healthy}
+    assert fake.requests() == []
+
+
+def test_a_client_leaving_a_non_streaming_request_cancels_the_upstream_call(gateway, fake):
+    make_model("vault-slow", [fake])
+    raw = make_key()
+    wait_for_model(gateway, raw, "vault-slow")
+    fake.set_config(latency_ms=5000)
+    body = json.dumps({"model": "vault-slow", "messages": MESSAGES}).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {raw}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    wait_until(lambda: fake.stats()["in_flight"] == 1, timeout=3, message="upstream call started")
+    left = time.monotonic()
+    sock.close()
+    wait_until(lambda: fake.stats()["cancelled"] >= 1, timeout=3, message="upstream call cancelled")
+    assert time.monotonic() - left < 1.5
+    (row,) = wait_rows(1)
+    assert row.outcome == Outcome.CLIENT_DISCONNECTED
+    assert row.decision["attempts"][0]["outcome"] == "cancelled"
