@@ -59,24 +59,34 @@ class Observations:
 
     consecutive_failures: int = 0
     trial_successes: int = 0
-    recent: deque = dataclasses.field(default_factory=deque)  # (time, ok)
+    recent: deque = dataclasses.field(default_factory=deque)  # (time, ok), oldest first
+    failures: int = 0  # failed results in `recent`, kept so the error ratio costs O(1)
 
     def add(self, now, ok, window_seconds):
         """Record a result and forget those older than the window."""
         self.recent.append((now, ok))
+        if not ok:
+            self.failures += 1
         horizon = now - window_seconds
         while self.recent and self.recent[0][0] < horizon:
-            self.recent.popleft()
+            _, old_ok = self.recent.popleft()
+            if not old_ok:
+                self.failures -= 1
         if ok:
             self.consecutive_failures = 0
         else:
             self.consecutive_failures += 1
 
+    def clear(self):
+        """Forget every result."""
+        self.recent.clear()
+        self.failures = 0
+        self.consecutive_failures = 0
+
     def error_ratio(self):
         """Return (failures / requests, requests) over the window."""
         total = len(self.recent)
-        failures = sum(1 for _, ok in self.recent if not ok)
-        return (failures / total if total else 0.0), total
+        return (self.failures / total if total else 0.0), total
 
 
 def _cooldown(policy, trips):
@@ -104,7 +114,7 @@ def record(state, obs, policy, now, ok, detail=""):
         obs.trial_successes += 1
         if obs.trial_successes >= policy.half_open_successes:
             obs.trial_successes = 0
-            obs.recent.clear()
+            obs.clear()
             return BreakerState()
         return BreakerState(state=HALF_OPEN, reason=state.reason, until=state.until, trips=state.trips)
     if current == OPEN or ok:

@@ -71,6 +71,8 @@ class RoutingState:
 
     def apply_snapshot(self, snap):
         """Adopt the policy of a new snapshot and carry out operator breaker resets made since the last one."""
+        if self.applied is not None and snap.loaded_at < self.applied.loaded_at:
+            return  # a request that started before the last reload: its snapshot is older than the one in force
         self.applied = snap
         self.policy = snap.breaker_policy
         self.retry_ratio = snap.retry_budget_ratio
