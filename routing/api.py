@@ -4,6 +4,7 @@ Views only adapt HTTP: authenticate against the snapshot, parse, hand the reques
 shape the answer. Nothing here touches the database.
 """
 
+import inspect
 import json
 from datetime import UTC, datetime
 
@@ -97,7 +98,9 @@ class GatewayView(APIView):
             handler = getattr(self, request.method.lower(), None)
             if request.method.lower() not in self.http_method_names or handler is None:
                 raise MethodNotAllowed(f"Method {request.method} is not allowed here.")
-            response = await handler(request, *args, **kwargs)
+            response = handler(request, *args, **kwargs)
+            if inspect.isawaitable(response):
+                response = await response  # our handlers; DRF's own (OPTIONS) are plain CPU work
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)

@@ -446,3 +446,10 @@ def test_unknown_api_routes_answer_in_openai_shape(gateway):
 def test_every_response_carries_a_request_id(gateway):
     ids = {gateway.request("GET", "/healthz")[1]["x-request-id"] for _ in range(3)}
     assert len(ids) == 3 and all(uuid.UUID(i) for i in ids)
+
+
+def test_wrong_methods_answer_in_openai_shape(gateway):
+    status, _, body = gateway.request("GET", "/v1/chat/completions")
+    assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
+    status, _, body = gateway.request("OPTIONS", "/v1/chat/completions")
+    assert status == 200 and json.loads(body)["name"] == "Chat Completions"
