@@ -8,7 +8,8 @@ means a new thread per request; profiling showed the thread churn and GIL hand-o
 The API views are async, authenticate from the snapshot and never touch the database, so they need none of that:
 `APIHandler` gives them a middleware chain of their own (request id only), skips the database housekeeping signal,
 and closes the response inline (its `request_finished` receivers find no connection on the loop's thread). The admin
-keeps Django's handler and full middleware stack.
+keeps Django's handler and full middleware stack, and so do the operator endpoints under `/v1/admin/`: they accept a
+staff session, which needs the session and authentication middleware, and they are not on the hot path.
 """
 
 import asyncio
@@ -22,11 +23,13 @@ from routing.middleware import request_id_middleware
 
 # Paths served by async views that never use the database.
 API_PREFIXES = ("/v1/", "/healthz")
+# Under /v1/ but served by Django's handler (session authentication, a database query).
+ADMIN_API_PREFIX = "/v1/admin/"
 
 
 def is_api_path(path):
     """Return whether the API handler serves this path."""
-    return path.startswith(API_PREFIXES)
+    return path.startswith(API_PREFIXES) and not path.startswith(ADMIN_API_PREFIX)
 
 
 class APIHandler(ASGIHandler):

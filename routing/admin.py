@@ -3,9 +3,13 @@
 Upstream keys are write-only here: a form field sets or clears them and pages show only `api_key_display()`. Client
 keys are generated on add and shown once, in a message; only their hash is stored. Actions that write with queryset
 `.update()` skip the model signals, so they bump `ConfigRevision` themselves.
+
+The instance pages show each instance's breaker state and in-flight count as the process serving the page sees them
+(shared across workers through Redis when it is configured; without it, only this process's own view).
 """
 
 import json
+import time
 import uuid
 
 from django import forms
@@ -15,8 +19,9 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.html import format_html
 
-from routing import secrets
+from routing import secrets, state
 from routing.auth import assign_new_secret
+from routing.health import CLOSED
 from routing.models import (
     ApiKey,
     ConfigRevision,
@@ -108,6 +113,7 @@ class ProviderInstanceForm(UpstreamSecretForm):
             "timeout",
             "stream_timeout",
             "enabled",
+            "drained",
         )
 
 
@@ -194,6 +200,36 @@ def disable_selected(modeladmin, request, queryset):
     _set_enabled(modeladmin, request, queryset, False)
 
 
+@admin.action(description="Reset circuit breaker of selected %(verbose_name_plural)s")
+def reset_breaker(modeladmin, request, queryset):
+    """Close the breakers of the selected instances on every worker (each applies it on its next reload)."""
+    count = queryset.update(breaker_reset_at=timezone.now())
+    if count:
+        ConfigRevision.bump()
+    modeladmin.message_user(request, f"Reset the circuit breaker of {count} instance(s).", messages.SUCCESS)
+
+
+def _set_drained(modeladmin, request, queryset, drained):
+    """Drain or undrain the selected instances and tell the workers."""
+    count = queryset.update(drained=drained)
+    if count:
+        ConfigRevision.bump()
+    verb = "Drained" if drained else "Undrained"
+    modeladmin.message_user(request, f"{verb} {count} instance(s).", messages.SUCCESS)
+
+
+@admin.action(description="Drain selected %(verbose_name_plural)s (no new requests)")
+def drain_selected(modeladmin, request, queryset):
+    """Stop sending new requests to the selected instances."""
+    _set_drained(modeladmin, request, queryset, True)
+
+
+@admin.action(description="Undrain selected %(verbose_name_plural)s")
+def undrain_selected(modeladmin, request, queryset):
+    """Send requests to the selected instances again."""
+    _set_drained(modeladmin, request, queryset, False)
+
+
 # --- Providers, models and instances --------------------------------------------------------------------------------
 
 
@@ -214,12 +250,52 @@ class ProviderAdmin(admin.ModelAdmin):
         return obj.api_key_display()
 
 
-class ProviderInstanceInline(admin.TabularInline):
+class LiveStateMixin:
+    """Read-only columns with an instance's live routing state, from this process's `routing.state`."""
+
+    @admin.display(description="State")
+    def breaker_state(self, obj):
+        """Return "disabled", "drained", or the breaker state (closed, open or half_open)."""
+        if obj._state.adding:
+            return "—"
+        if not obj.enabled:
+            return "disabled"
+        if obj.drained:
+            return "drained"
+        return state.get().breaker(obj.pk).current(time.time())
+
+    @admin.display(description="Reason")
+    def breaker_reason(self, obj):
+        """Return why the breaker is not closed, if it is not."""
+        if obj._state.adding:
+            return "—"
+        breaker = state.get().breaker(obj.pk)
+        return breaker.reason if breaker.current(time.time()) != CLOSED and breaker.reason else "—"
+
+    @admin.display(description="In flight")
+    def in_flight(self, obj):
+        """Return the requests in flight to the instance across workers."""
+        return 0 if obj._state.adding else state.get().total_in_flight(obj.pk)
+
+
+class ProviderInstanceInline(LiveStateMixin, admin.TabularInline):
     """Instances of a model, edited on the model page (keys are set on each instance's own page)."""
 
     model = ProviderInstance
     form = ProviderInstanceInlineForm
-    fields = ("id", "provider", "litellm_model", "api_base", "weight", "timeout", "stream_timeout", "enabled")
+    fields = (
+        "id",
+        "provider",
+        "litellm_model",
+        "api_base",
+        "weight",
+        "timeout",
+        "stream_timeout",
+        "enabled",
+        "breaker_state",
+        "breaker_reason",
+    )
+    readonly_fields = ("breaker_state", "breaker_reason")
     extra = 0
     show_change_link = True
 
@@ -260,16 +336,29 @@ class PublicModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderInstance)
-class ProviderInstanceAdmin(admin.ModelAdmin):
+class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
     """Deployments of models on providers; each may carry its own write-only key."""
 
     form = ProviderInstanceForm
-    list_display = ("id", "model", "provider", "litellm_model", "endpoint", "weight", "enabled", "key")
-    list_filter = ("provider", "model", "enabled")
+    list_display = (
+        "id",
+        "model",
+        "provider",
+        "litellm_model",
+        "endpoint",
+        "weight",
+        "enabled",
+        "breaker_state",
+        "breaker_reason",
+        "in_flight",
+        "key",
+    )
+    list_filter = ("provider", "model", "enabled", "drained")
     list_select_related = ("model", "provider")
     search_fields = ("id", "litellm_model", "model__name")
     fieldsets = (
-        (None, {"fields": ("id", "model", "provider", "litellm_model", "api_base", "weight", "enabled")}),
+        (None, {"fields": ("id", "model", "provider", "litellm_model", "api_base", "weight", "enabled", "drained")}),
+        ("Live state", {"fields": ("breaker_state", "breaker_reason", "in_flight", "breaker_reset_at")}),
         ("Limits", {"fields": ("rpm", "tpm", "timeout", "stream_timeout")}),
         (
             "API key",
@@ -279,13 +368,18 @@ class ProviderInstanceAdmin(admin.ModelAdmin):
             },
         ),
     )
-    readonly_fields = ("key",)
-    actions = (enable_selected, disable_selected)
+    readonly_fields = ("key", "breaker_state", "breaker_reason", "in_flight", "breaker_reset_at")
+    actions = (enable_selected, disable_selected, reset_breaker, drain_selected, undrain_selected)
 
     def get_readonly_fields(self, request, obj=None):
         """Make the id read-only once the instance exists."""
         readonly = super().get_readonly_fields(request, obj)
         return ("id", *readonly) if obj is not None else readonly
+
+    def get_fieldsets(self, request, obj=None):
+        """Leave out the live state of an instance that does not exist yet."""
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets if obj is not None else [fs for fs in fieldsets if fs[0] != "Live state"]
 
     @admin.display(description="API base")
     def endpoint(self, obj):

@@ -7,6 +7,7 @@ for in-flight requests and then writes every queued RequestLog row before the pr
 import asyncio
 import gc
 import logging
+import time
 
 from routing import request_log, snapshot, state
 
@@ -59,8 +60,9 @@ async def _maintain():
             if snap is not None and routing_state.applied is not snap:
                 routing_state.apply_snapshot(snap)
             while snapshot.probe_results:
-                instance_id, ok, checked_at, detail = snapshot.probe_results.popleft()
-                routing_state.observe(instance_id, ok=ok, now=checked_at, detail=detail)
+                instance_id, ok, _checked_at, detail = snapshot.probe_results.popleft()
+                # Fed at the time they arrive: breaker cooldowns and the results window run on the present.
+                routing_state.observe(instance_id, ok=ok, now=time.time(), detail=detail)
         except Exception:  # keep maintaining; one bad record must not stop health tracking
             logger.exception("routing state maintenance failed")
 

@@ -214,8 +214,10 @@ class ChatRequest:
     def _no_capacity(self, now):
         """Return the error for a model none of whose instances can take a request now."""
         model = self.model
-        if not model.instances or all(i.drained for i in model.instances):
+        if not model.instances:
             return NoCapacity(f"The model '{model.name}' has no enabled instance.")
+        if all(i.drained for i in model.instances):
+            return NoCapacity(f"Every instance of '{model.name}' is drained.")
         waits = [
             self.state.breaker(i.id).until - now
             for i in model.instances

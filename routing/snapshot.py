@@ -10,12 +10,12 @@ import dataclasses
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import Max
+from django.utils import timezone
 
 from routing import adapters, health, pricing
 from routing.models import (
@@ -202,24 +202,32 @@ _current = None
 # Active health-check results not yet fed to the breakers: (instance id, ok, checked at, detail). Filled by the
 # refresher thread, drained on the event loop (routing.runtime), which owns the breakers.
 probe_results = collections.deque(maxlen=10_000)
-_last_probe_pk = None
+# Probe rows can commit out of id order (a slow round finishing after a fast one), so polling looks back over a
+# window and remembers which rows it has fed, instead of trusting "id greater than the last one seen".
+PROBE_LOOKBACK_SECONDS = 60
+_seen_probes = {}  # probe pk -> checked_at, for rows inside the lookback window
+_probes_primed = False
 
 
 def poll_probes():
-    """Queue the probe results stored since the last poll (the first poll only remembers where history ends)."""
-    global _last_probe_pk
-    if _last_probe_pk is None:
-        _last_probe_pk = InstanceProbe.objects.aggregate(last=Max("pk"))["last"] or 0
-        return
+    """Queue probe results not seen before (the first poll only marks existing history as seen)."""
+    global _probes_primed
+    horizon = timezone.now() - timedelta(seconds=PROBE_LOOKBACK_SECONDS)
     rows = (
-        InstanceProbe.objects.filter(pk__gt=_last_probe_pk)
-        .order_by("pk")
-        .values_list("pk", "instance_id", "ok", "checked_at", "status_code", "error")[:1000]
+        InstanceProbe.objects.filter(checked_at__gte=horizon)
+        .order_by("checked_at", "pk")
+        .values_list("pk", "instance_id", "ok", "checked_at", "status_code", "error")
     )
     for pk, instance_id, ok, checked_at, status, error in rows:
-        _last_probe_pk = pk
-        detail = f"probe: HTTP {status}" if status and not ok else f"probe: {error[:80]}" if error else "probe"
-        probe_results.append((instance_id, ok, checked_at.timestamp(), detail))
+        if pk in _seen_probes:
+            continue
+        _seen_probes[pk] = checked_at
+        if _probes_primed:
+            detail = f"probe: HTTP {status}" if status and not ok else f"probe: {error[:80]}" if error else "probe"
+            probe_results.append((instance_id, ok, checked_at.timestamp(), detail))
+    _probes_primed = True
+    for pk in [pk for pk, at in _seen_probes.items() if at < horizon]:
+        del _seen_probes[pk]
 
 
 def current():

@@ -122,7 +122,11 @@ class RoutingState:
         return False
 
     def summary(self, instance_id, now):
-        """Return requests, error rate and latency percentiles over the breaker window, across workers."""
+        """Return requests, error rate and latency percentiles over the breaker window, across workers.
+
+        `requests` counts every result the breaker saw — client requests and active probes alike — since both decide
+        whether the instance is healthy; the latency percentiles are of successful requests only.
+        """
         obs = self.observations.get(instance_id)
         local_requests = local_errors = 0
         if obs is not None:

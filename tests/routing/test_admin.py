@@ -428,3 +428,82 @@ def test_request_log_changelist_does_not_query_per_row(admin_client, request_log
     admin_client.get(url("requestlog_changelist"))  # warm the session and content types
     with django_assert_max_num_queries(12):
         assert admin_client.get(url("requestlog_changelist")).status_code == 200
+
+
+# --- Live routing state, breaker reset and drain ------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_breaker(instance):
+    """Open the instance's breaker in this process's routing state (what the admin page reads); undo afterwards."""
+    import time
+
+    from routing import state
+    from routing.health import OPEN, BreakerState
+
+    routing_state = state.get()
+    reason = "5 consecutive failures, last: HTTP 503"
+    routing_state.breakers[instance.pk] = BreakerState(state=OPEN, reason=reason, until=time.time() + 60, trips=1)
+    routing_state.in_flight[instance.pk] += 2
+    yield routing_state
+    routing_state.breakers.pop(instance.pk, None)
+    routing_state.in_flight.pop(instance.pk, None)
+
+
+def test_instance_changelist_shows_state_reason_and_in_flight(admin_client, instance, open_breaker):
+    response = admin_client.get(url("providerinstance_changelist"))
+    page = response.content.decode()
+    assert ">State<" in page and ">Reason<" in page and ">In flight<" in page
+    assert 'class="field-breaker_state">open<' in page
+    assert "5 consecutive failures, last: HTTP 503" in page
+    assert 'class="field-in_flight">2<' in page
+
+
+def test_instance_pages_show_drained_and_a_closed_breaker(admin_client, instance):
+    instance.drained = True
+    instance.save()
+    page = admin_client.get(url("providerinstance_changelist")).content.decode()
+    assert 'class="field-breaker_state">drained<' in page
+    instance.drained = False
+    instance.save()
+    page = admin_client.get(url("providerinstance_changelist")).content.decode()
+    assert 'class="field-breaker_state">closed<' in page
+    assert admin_client.get(url("providerinstance_change", instance.pk)).status_code == 200
+
+
+def test_model_inline_shows_the_instance_state(admin_client, model, instance, open_breaker):
+    page = admin_client.get(url("model_change", model.pk)).content.decode()
+    assert "5 consecutive failures, last: HTTP 503" in page
+
+
+def test_reset_breaker_action_sets_the_reset_time_and_bumps_the_revision(admin_client, instance):
+    before = ConfigRevision.current_token()
+    started = timezone.now()
+    response = admin_client.post(
+        url("providerinstance_changelist"), {"action": "reset_breaker", "_selected_action": [instance.pk]}
+    )
+    assert response.status_code == 302
+    instance.refresh_from_db()
+    assert instance.breaker_reset_at is not None and instance.breaker_reset_at >= started
+    assert ConfigRevision.current_token() != before
+
+
+def test_drain_and_undrain_actions_flip_drained_and_bump_the_revision(admin_client, instance):
+    for action, drained in (("drain_selected", True), ("undrain_selected", False)):
+        before = ConfigRevision.current_token()
+        response = admin_client.post(
+            url("providerinstance_changelist"), {"action": action, "_selected_action": [instance.pk]}
+        )
+        assert response.status_code == 302
+        instance.refresh_from_db()
+        assert instance.drained is drained
+        assert ConfigRevision.current_token() != before
+
+
+def test_instance_form_drains_an_instance(admin_client, model, provider, instance):
+    response = admin_client.post(
+        url("providerinstance_change", instance.pk), instance_data(model, provider, id=instance.pk, drained="on")
+    )
+    assert response.status_code == 302
+    instance.refresh_from_db()
+    assert instance.drained is True

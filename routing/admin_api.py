@@ -1,0 +1,129 @@
+"""Operator endpoints under `/v1/admin/`: for now `GET /v1/admin/load-balancer/stats`.
+
+These are served by Django's full handler (see `chatvault_site.handlers.is_api_path`), not the lean API handler,
+because a staff member's browser session must work as well as an admin API key; errors still come in OpenAI's shape.
+"""
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError
+from django.http import JsonResponse
+
+from routing import state
+from routing.api import GatewayView, _authenticate, _snapshot
+from routing.errors import AuthenticationFailed, PermissionDenied
+from routing.health import OPEN
+from routing.models import InstanceProbe
+
+logger = logging.getLogger(__name__)
+
+
+def _iso(epoch_seconds):
+    """Return epoch seconds as an ISO-8601 UTC time."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat()
+
+
+def _probe_entry(probe):
+    """Return one probe result as the stats endpoint shows it."""
+    error = probe.error or (f"HTTP {probe.status_code}" if not probe.ok and probe.status_code else None)
+    return {
+        "at": probe.checked_at.astimezone(UTC).isoformat(),
+        "ok": probe.ok,
+        "latency_ms": probe.latency_ms,
+        "error": error,
+    }
+
+
+def latest_probes(instance_ids):
+    """Return {instance id: its latest InstanceProbe} in one query (Postgres DISTINCT ON, using the probe index)."""
+    probes = (
+        InstanceProbe.objects.filter(instance_id__in=instance_ids)
+        .order_by("instance_id", "-checked_at")
+        .distinct("instance_id")
+    )
+    return {probe.instance_id: probe for probe in probes}
+
+
+def instance_stats(inst, routing_state, now, probe=None):
+    """Return one instance's breaker, load and latency as seen by this worker (pure)."""
+    breaker = routing_state.breaker(inst.id)
+    current = breaker.current(now)
+    return {
+        "id": inst.id,
+        "api_base": inst.api_base,
+        "state": current,
+        "reason": breaker.reason or None,
+        "until": _iso(breaker.until) if current == OPEN else None,
+        "drained": inst.drained,
+        "in_flight": routing_state.total_in_flight(inst.id),
+        **routing_state.summary(inst.id, now),
+        "last_probe": _probe_entry(probe) if probe is not None else None,
+    }
+
+
+async def load_balancer_stats(*, snapshot, routing_state, now):
+    """Return every model's strategy and the live state of each of its instances.
+
+    Only the latest probes come from the database (one query, off the event loop); the rest is read from the
+    snapshot and this worker's routing state, on the event loop that owns it. Without the database, `last_probe` is
+    null: breaker states matter most during an outage, so they are still shown.
+    """
+    ids = [inst.id for model in snapshot.models.values() for inst in model.instances]
+    try:
+        probes = await sync_to_async(latest_probes)(ids) if ids else {}
+    except DatabaseError:
+        logger.warning("load balancer stats without probe results: the database is unreachable", exc_info=True)
+        probes = {}
+    return {
+        "models": [
+            {
+                "model": model.name,
+                "strategy": model.strategy,
+                "instances": [
+                    instance_stats(inst, routing_state, now, probes.get(inst.id)) for inst in model.instances
+                ],
+            }
+            for _, model in sorted(snapshot.models.items())
+        ]
+    }
+
+
+async def _authorize(request, snap):
+    """Let through an admin API key or a staff session; raise AuthenticationFailed or PermissionDenied otherwise.
+
+    A presented key decides alone (a bad key is 401 even in a staff member's browser), so scripts get a clear answer.
+    """
+    if request.headers.get("Authorization"):
+        key = _authenticate(request, snap)
+        if not key.is_admin:
+            raise PermissionDenied(
+                "This API key may not call the admin endpoints; create one with `create_api_key --admin`.",
+                code="admin_key_required",
+            )
+        return
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise AuthenticationFailed(
+            "Send an admin API key ('Authorization: Bearer <key>') or sign in to the admin as staff.",
+            code="missing_api_key",
+        )
+    if not (user.is_active and user.is_staff):
+        raise PermissionDenied("Only staff members may call the admin endpoints.", code="staff_required")
+
+
+class LoadBalancerStatsView(GatewayView):
+    """GET /v1/admin/load-balancer/stats — breaker state, load and latency of every instance, per model.
+
+    No RequestLog row is written for these calls: the log is for model traffic, and operator polling would only
+    crowd it (and its cost and usage reports).
+    """
+
+    async def get(self, request):
+        """Return the load balancer's view of every model and instance."""
+        snap = await _snapshot()
+        await _authorize(request, snap)
+        stats = await load_balancer_stats(snapshot=snap, routing_state=state.get(), now=time.time())
+        return JsonResponse(stats)

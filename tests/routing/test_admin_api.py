@@ -1,0 +1,268 @@
+"""End-to-end tests of `GET /v1/admin/load-balancer/stats` against a live ChatVault process and live fake providers:
+who may call it, what it shows, and that draining and breaker resets reach the workers."""
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta
+
+import httpx
+import openai
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from routing.models import InstanceProbe, ProviderInstance, RequestLog
+from tests.factories import make_key, make_model, wait_for_model
+from tests.gateway import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STATS = "/v1/admin/load-balancer/stats"
+MESSAGES = [{"role": "user", "content": "hi"}]
+INSTANCE_KEYS = {
+    "id",
+    "api_base",
+    "state",
+    "reason",
+    "until",
+    "in_flight",
+    "requests",
+    "error_rate",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "last_probe",
+    "drained",
+}
+
+
+def get_stats(gateway, raw_key=None, headers=None):
+    """Return (status, headers, decoded JSON) of the stats endpoint."""
+    headers = dict(headers or {})
+    if raw_key:
+        headers["Authorization"] = f"Bearer {raw_key}"
+    status, resp_headers, body = gateway.request("GET", STATS, headers=headers)
+    return status, resp_headers, json.loads(body)
+
+
+def instance_entry(stats, instance_id):
+    """Return the stats of one instance."""
+    return next(i for m in stats["models"] for i in m["instances"] if i["id"] == instance_id)
+
+
+def chat(gateway, raw_key, model):
+    """Send one chat completion; return the raw response (raises on an error status)."""
+    client = openai.OpenAI(base_url=gateway.url, api_key=raw_key, max_retries=0)
+    return client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+
+
+@pytest.fixture
+def lb(gateway, fake, fake_b):
+    """Return (admin key, model) for `vault-lb` served by both fakes, once the gateway serves it."""
+    model = make_model("vault-lb", [fake, fake_b])
+    raw = make_key("ops", is_admin=True)
+    wait_for_model(gateway, raw, "vault-lb")
+    return raw, model
+
+
+def http_client(gateway):
+    """Return an httpx client for the gateway that never goes through a proxy."""
+    return httpx.Client(base_url=gateway.root_url, trust_env=False, timeout=10)
+
+
+# --- who may call it ----------------------------------------------------------------------------------------------
+
+
+def test_it_is_401_without_a_key_in_openai_shape(lb, gateway):
+    status, headers, body = get_stats(gateway)
+    assert status == 401 and headers["x-request-id"]
+    assert body["error"]["type"] == "authentication_error"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_it_is_401_with_a_bad_key(lb, gateway):
+    status, _, body = get_stats(gateway, "cv-not-a-real-key")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+
+
+def test_it_is_403_with_a_key_that_is_not_admin(lb, gateway):
+    raw = make_key("client")
+    wait_for_model(gateway, raw, "vault-lb")
+    status, headers, body = get_stats(gateway, raw)
+    assert status == 403 and headers["x-request-id"]
+    assert body["error"]["type"] == "permission_error"
+
+
+def test_it_writes_no_request_log_row(lb, gateway):
+    raw, _ = lb
+    ok_status, ok_headers, _ = get_stats(gateway, raw)
+    denied_status, denied_headers, _ = get_stats(gateway)
+    assert (ok_status, denied_status) == (200, 401)
+    chat(gateway, raw, "vault-lb")  # a row written after ours would have been
+    wait_until(lambda: RequestLog.objects.filter(endpoint="chat.completions").exists(), message="chat row")
+    ids = {ok_headers["x-request-id"], denied_headers["x-request-id"]}
+    assert not RequestLog.objects.filter(request_id__in=ids).exists()
+
+
+def test_a_staff_session_from_the_admin_login_may_call_it(lb, gateway, django_user_model):
+    django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
+    with http_client(gateway) as client:
+        client.get("/admin/login/")
+        login = client.post(
+            "/admin/login/",
+            data={
+                "username": "ops",
+                "password": "pw-for-ops-123",
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                "next": "/admin/",
+            },
+            headers={"Referer": f"{gateway.root_url}/admin/login/"},
+        )
+        assert login.status_code == 302 and login.headers["location"] == "/admin/"
+        response = client.get(STATS)
+    assert response.status_code == 200 and response.headers["x-request-id"]
+    assert [m["model"] for m in response.json()["models"]] == ["vault-lb"]
+
+
+def test_a_session_without_staff_status_is_403(lb, gateway, django_user_model):
+    user = django_user_model.objects.create_user(username="bob", password="pw-for-bob-123")
+    # The admin login refuses non-staff users, so make their session the way a login would.
+    django_client = Client()
+    django_client.force_login(user)
+    with http_client(gateway) as client:
+        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+        response = client.get(STATS)
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_error"
+
+
+def test_a_bad_key_is_401_even_with_a_staff_session(lb, gateway, django_user_model):
+    user = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
+    django_client = Client()
+    django_client.force_login(user)
+    with http_client(gateway) as client:
+        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+        assert client.get(STATS).status_code == 200
+        assert client.get(STATS, headers={"Authorization": "Bearer cv-wrong"}).status_code == 401
+
+
+def test_other_admin_api_errors_are_in_openai_shape(lb, gateway):
+    raw, _ = lb
+    status, headers, body = gateway.request("GET", "/v1/admin/nothing-here", headers={"Authorization": f"Bearer {raw}"})
+    assert status == 404 and headers["x-request-id"]
+    assert json.loads(body)["error"]["code"] == "not_found"
+    status, _, body = gateway.request("POST", STATS, b"{}", headers={"Authorization": f"Bearer {raw}"})
+    assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
+
+
+# --- what it shows ------------------------------------------------------------------------------------------------
+
+
+def test_it_shows_every_instance_with_the_id_of_the_served_header(lb, gateway, fake, fake_b):
+    raw, model = lb
+    served = chat(gateway, raw, "vault-lb").headers["x-chatvault-instance"]
+
+    status, headers, stats = get_stats(gateway, raw)
+    assert status == 200 and headers["x-request-id"]
+    assert [(m["model"], m["strategy"]) for m in stats["models"]] == [("vault-lb", "round-robin")]
+    instances = stats["models"][0]["instances"]
+    assert [i["id"] for i in instances] == model.instance_ids
+    assert served in model.instance_ids
+    for entry, fake_provider in zip(instances, (fake, fake_b), strict=True):
+        assert set(entry) == INSTANCE_KEYS
+        assert entry["api_base"] == fake_provider.url
+        assert (entry["state"], entry["reason"], entry["until"], entry["drained"]) == ("closed", None, None, False)
+        assert entry["in_flight"] == 0
+        assert entry["last_probe"] is None
+    entry = instance_entry(stats, served)
+    assert entry["requests"] == 1 and entry["error_rate"] == 0.0
+    assert entry["latency_ms_p50"] > 0 and entry["latency_ms_p95"] >= entry["latency_ms_p50"]
+
+
+def test_requests_and_in_flight_move_with_traffic(lb, gateway, fake):
+    raw, model = lb
+    for _ in range(6):
+        chat(gateway, raw, "vault-lb")
+    stats = get_stats(gateway, raw)[2]
+    assert sum(instance_entry(stats, i)["requests"] for i in model.instance_ids) >= 6
+
+    fake.set_config(latency_ms=1500)
+    target = model.instance_ids[0]
+    # Round-robin alternates, so of two concurrent requests exactly one waits on the slow fake.
+    threads = [threading.Thread(target=chat, args=(gateway, raw, "vault-lb")) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: instance_entry(get_stats(gateway, raw)[2], target)["in_flight"] == 1, message="in flight 1")
+    for thread in threads:
+        thread.join()
+    assert instance_entry(get_stats(gateway, raw)[2], target)["in_flight"] == 0
+
+
+def test_a_failing_instance_shows_an_open_breaker_with_its_reason(gateway, fake_b):
+    model = make_model("vault-failing", [fake_b])
+    raw = make_key("ops", is_admin=True)
+    wait_for_model(gateway, raw, "vault-failing")
+    fake_b.set_config(status=503)
+    for _ in range(5):  # the default policy opens after 5 failures in a row
+        with pytest.raises(openai.InternalServerError):
+            chat(gateway, raw, "vault-failing")
+
+    entry = instance_entry(get_stats(gateway, raw)[2], model.instance_ids[0])
+    assert entry["state"] == "open"
+    assert "503" in entry["reason"]
+    until = datetime.fromisoformat(entry["until"])
+    assert until.utcoffset() == timedelta(0)
+    assert timezone.now() < until <= timezone.now() + timedelta(seconds=11)
+    assert entry["requests"] == 5 and entry["error_rate"] == 1.0
+
+
+def test_it_shows_the_latest_probe(lb, gateway):
+    raw, model = lb
+    first, second = model.instance_ids
+    now = timezone.now()
+    InstanceProbe.objects.create(instance_id=first, checked_at=now - timedelta(seconds=30), ok=True, latency_ms=12)
+    InstanceProbe.objects.create(instance_id=first, checked_at=now, ok=False, status_code=503, latency_ms=40)
+
+    stats = get_stats(gateway, raw)[2]
+    probe = instance_entry(stats, first)["last_probe"]
+    assert probe == {"at": now.isoformat(), "ok": False, "latency_ms": 40.0, "error": "HTTP 503"}
+    assert instance_entry(stats, second)["last_probe"] is None
+
+
+# --- operator actions reach the workers ---------------------------------------------------------------------------
+
+
+def test_a_drained_instance_gets_no_more_requests(lb, gateway):
+    raw, model = lb
+    kept, drained = model.instance_ids
+    chat(gateway, raw, "vault-lb")
+    inst = ProviderInstance.objects.get(id=drained)
+    inst.drained = True
+    inst.save()
+    time.sleep(0.5)
+
+    served = {chat(gateway, raw, "vault-lb").headers["x-chatvault-instance"] for _ in range(6)}
+    assert served == {kept}
+    entry = instance_entry(get_stats(gateway, raw)[2], drained)
+    assert entry["drained"] is True and entry["state"] == "closed"
+
+
+def test_a_breaker_reset_closes_the_breaker(gateway, fake_b):
+    model = make_model("vault-reset", [fake_b])
+    raw = make_key("ops", is_admin=True)
+    wait_for_model(gateway, raw, "vault-reset")
+    instance_id = model.instance_ids[0]
+    fake_b.set_config(status=503)
+    for _ in range(5):
+        with pytest.raises(openai.InternalServerError):
+            chat(gateway, raw, "vault-reset")
+    assert instance_entry(get_stats(gateway, raw)[2], instance_id)["state"] == "open"
+
+    fake_b.set_config(status=None)
+    inst = ProviderInstance.objects.get(id=instance_id)
+    inst.breaker_reset_at = timezone.now()
+    inst.save()
+    wait_until(
+        lambda: instance_entry(get_stats(gateway, raw)[2], instance_id)["state"] == "closed", message="breaker reset"
+    )
+    assert chat(gateway, raw, "vault-reset").headers["x-chatvault-instance"] == instance_id
