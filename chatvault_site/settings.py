@@ -38,8 +38,9 @@ INSTALLED_APPS = [
     "experiments.apps.ExperimentsConfig",
 ]
 
-# The admin's middleware. The API paths do not go through this list: chatvault_site.handlers.APIHandler gives them
-# a chain of their own, because each of these runs its hooks on a thread under ASGI.
+# The admin's middleware (and /v1/admin/'s, which accepts staff sessions). The model API paths do not go through
+# this list: chatvault_site.handlers.APIHandler gives them a chain of their own, because each of these runs its hooks
+# on a thread under ASGI.
 MIDDLEWARE = [
     "routing.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
@@ -139,3 +140,10 @@ CHATVAULT_LOG_FLUSH_SECONDS = env.float("CHATVAULT_LOG_FLUSH_SECONDS", default=0
 CHATVAULT_SERVE_STATIC = env.bool("CHATVAULT_SERVE_STATIC", default=True)
 # Upstream secrets written as `os.environ/NAME` are resolved from this process's environment at snapshot time.
 CHATVAULT_UPSTREAM_ENV = env.ENVIRON
+
+# --- Celery beat --------------------------------------------------------------------------------------------------
+# Beat only ticks; each instance's probe interval (RoutingSettings.health_check_interval_seconds) is enforced by
+# the task, so admins change it without restarting beat. A tick still queued after 5 s is stale: drop it.
+CELERY_BEAT_SCHEDULE = {
+    "probe-instances": {"task": "routing.tasks.probe_instances", "schedule": 5.0, "options": {"expires": 5.0}},
+}

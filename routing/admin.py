@@ -25,6 +25,7 @@ from routing.health import CLOSED
 from routing.models import (
     ApiKey,
     ConfigRevision,
+    InstanceProbe,
     Model,
     Provider,
     ProviderInstance,
@@ -518,8 +519,35 @@ class RoutingSettingsAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Admin for rows only the gateway writes: view, never add, change or delete."""
+
+    def has_add_permission(self, request):
+        """Refuse: rows are written by the gateway only."""
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        """Refuse: the rows are a record."""
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        """Refuse: the rows are a record."""
+        return False
+
+
+@admin.register(InstanceProbe)
+class InstanceProbeAdmin(ReadOnlyAdmin):
+    """Active health-check results (kept 24 h)."""
+
+    list_display = ("checked_at", "instance", "ok", "status_code", "latency_ms", "error")
+    list_filter = ("ok", "instance")
+    list_select_related = ("instance",)
+    date_hierarchy = "checked_at"
+    show_full_result_count = False
+
+
 @admin.register(RequestLog)
-class RequestLogAdmin(admin.ModelAdmin):
+class RequestLogAdmin(ReadOnlyAdmin):
     """The per-request log, view-only."""
 
     list_display = (
@@ -554,18 +582,6 @@ class RequestLogAdmin(admin.ModelAdmin):
         ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms")}),
     )
     readonly_fields = ("decision_pretty",)
-
-    def has_add_permission(self, request):
-        """Refuse: rows are written by the gateway only."""
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        """Refuse: the log is immutable."""
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        """Refuse: the log is immutable."""
-        return False
 
     def get_search_results(self, request, queryset, search_term):
         """Look a full request id up through its unique index instead of a substring scan."""

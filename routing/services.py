@@ -15,7 +15,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from routing import adapters, balancer, pricing, request_log, state
-from routing.adapters import UpstreamFailure
+from routing.adapters import CLIENT_FAULT_STATUSES, UpstreamFailure
 from routing.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_NESTING = 64
-# Upstream statuses that mean the client's request itself was refused; anything else 4xx is the gateway's problem.
-CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 
 # Per-process rotation counters (each worker rotates through the usable instances on its own).
 _rotation = defaultdict(itertools.count)

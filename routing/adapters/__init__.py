@@ -27,6 +27,10 @@ OPENAI_COMPATIBLE_KINDS = {
 }
 
 
+# Upstream statuses that mean the request itself was refused (the client's fault), not that the upstream is unwell.
+CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
 class UpstreamFailure(Exception):
     """An upstream call failed; `kind` is one of timeout, connection, status, bad_response."""
 

@@ -115,5 +115,17 @@ class LiteLLMAdapter:
                 except Exception:  # closing a broken stream must not mask why it broke
                     pass
 
+    async def probe(self, instance):
+        """Send the cheapest real completion (one prompt word, one output token); raise UpstreamFailure on error.
+
+        Unlike the pass-through's model listing, this is a billed call: each probe costs a few tokens.
+        """
+        litellm = _litellm()
+        body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        try:
+            await litellm.acompletion(**self._kwargs(instance, body, stream=False))
+        except Exception as exc:
+            raise _failure(exc) from exc
+
 
 adapter = LiteLLMAdapter()

@@ -162,5 +162,29 @@ class OpenAICompatAdapter:
             else:
                 resp.close()
 
+    async def probe(self, instance):
+        """Check that the instance answers `GET /models` with its key; raise UpstreamFailure otherwise."""
+        base = instance.api_base or OPENAI_COMPATIBLE_KINDS.get(instance.provider_kind)
+        if not base:
+            raise UpstreamFailure("connection", f"instance {instance.id} has no api_base configured")
+        headers = {"Accept": "application/json"}
+        if instance.api_key:
+            headers["Authorization"] = f"Bearer {instance.api_key}"
+        # Probes run rarely and usually on a loop of their own (a Celery task's asyncio.run), so a short-lived
+        # session is used instead of the pool, which is bound to the serving loop. The caller applies the timeout.
+        async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
+            try:
+                async with session.get(f"{base.rstrip('/')}/models", headers=headers) as resp:
+                    raw = await resp.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailure("connection", f"cannot reach upstream: {exc.__class__.__name__}") from exc
+        if not 200 <= resp.status < 300:
+            raise UpstreamFailure(
+                "status",
+                _error_message(resp.status, raw),
+                status=resp.status,
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+            )
+
 
 adapter = OpenAICompatAdapter()

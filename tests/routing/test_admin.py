@@ -507,3 +507,18 @@ def test_instance_form_drains_an_instance(admin_client, model, provider, instanc
     assert response.status_code == 302
     instance.refresh_from_db()
     assert instance.drained is True
+
+
+@pytest.mark.django_db
+def test_probe_results_are_listed_read_only(admin_client):
+    from django.utils import timezone
+
+    from routing.models import InstanceProbe, Model, Provider, ProviderInstance
+
+    provider = Provider.objects.create(name="probe-p", kind="openai")
+    model = Model.objects.create(name="probe-m")
+    inst = ProviderInstance.objects.create(id="probe-i", model=model, provider=provider, litellm_model="openai/x")
+    InstanceProbe.objects.create(instance=inst, checked_at=timezone.now(), ok=False, status_code=503, error="HTTP 503")
+    page = admin_client.get("/admin/routing/instanceprobe/")
+    assert page.status_code == 200 and b"probe-i" in page.content and b"HTTP 503" in page.content
+    assert admin_client.get("/admin/routing/instanceprobe/add/").status_code == 403
