@@ -180,55 +180,42 @@ class ProviderInstanceInlineForm(forms.ModelForm):
 # --- Actions --------------------------------------------------------------------------------------------------------
 
 
-def _set_enabled(modeladmin, request, queryset, enabled):
-    """Enable or disable the selected rows and tell the workers."""
-    count = queryset.update(enabled=enabled)
+def _update(modeladmin, request, queryset, done, **fields):
+    """Set fields on the selected rows, tell the workers (queryset updates fire no signals), and report."""
+    count = queryset.update(**fields)
     if count:
         ConfigRevision.bump()
-    verb = "Enabled" if enabled else "Disabled"
-    modeladmin.message_user(request, f"{verb} {count} {modeladmin.opts.verbose_name_plural}.", messages.SUCCESS)
+    modeladmin.message_user(request, f"{done} {count} {modeladmin.opts.verbose_name_plural}.", messages.SUCCESS)
 
 
 @admin.action(description="Enable selected %(verbose_name_plural)s")
 def enable_selected(modeladmin, request, queryset):
     """Enable the selected rows."""
-    _set_enabled(modeladmin, request, queryset, True)
+    _update(modeladmin, request, queryset, "Enabled", enabled=True)
 
 
 @admin.action(description="Disable selected %(verbose_name_plural)s")
 def disable_selected(modeladmin, request, queryset):
     """Disable the selected rows."""
-    _set_enabled(modeladmin, request, queryset, False)
+    _update(modeladmin, request, queryset, "Disabled", enabled=False)
 
 
 @admin.action(description="Reset circuit breaker of selected %(verbose_name_plural)s")
 def reset_breaker(modeladmin, request, queryset):
     """Close the breakers of the selected instances on every worker (each applies it on its next reload)."""
-    count = queryset.update(breaker_reset_at=timezone.now())
-    if count:
-        ConfigRevision.bump()
-    modeladmin.message_user(request, f"Reset the circuit breaker of {count} instance(s).", messages.SUCCESS)
-
-
-def _set_drained(modeladmin, request, queryset, drained):
-    """Drain or undrain the selected instances and tell the workers."""
-    count = queryset.update(drained=drained)
-    if count:
-        ConfigRevision.bump()
-    verb = "Drained" if drained else "Undrained"
-    modeladmin.message_user(request, f"{verb} {count} instance(s).", messages.SUCCESS)
+    _update(modeladmin, request, queryset, "Reset the circuit breaker of", breaker_reset_at=timezone.now())
 
 
 @admin.action(description="Drain selected %(verbose_name_plural)s (no new requests)")
 def drain_selected(modeladmin, request, queryset):
     """Stop sending new requests to the selected instances."""
-    _set_drained(modeladmin, request, queryset, True)
+    _update(modeladmin, request, queryset, "Drained", drained=True)
 
 
 @admin.action(description="Undrain selected %(verbose_name_plural)s")
 def undrain_selected(modeladmin, request, queryset):
     """Send requests to the selected instances again."""
-    _set_drained(modeladmin, request, queryset, False)
+    _update(modeladmin, request, queryset, "Undrained", drained=False)
 
 
 # --- Providers, models and instances --------------------------------------------------------------------------------

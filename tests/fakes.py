@@ -36,12 +36,12 @@ _LISTENING = re.compile(r"fake provider listening on http://(?P<host>[^\s:]+):(?
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _terminate(process: subprocess.Popen) -> None:
-    """Stop ``process`` with SIGTERM, killing it if it does not exit promptly."""
+def terminate(process: subprocess.Popen, timeout: float = 5) -> None:
+    """Stop ``process`` with SIGTERM, killing it if it does not exit within ``timeout`` seconds."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -76,7 +76,7 @@ class FakeProvider:
         self.root_url = f"http://{HOST}:{port}"
         self.url = f"{self.root_url}/v1"
         self._stderr_file = stderr_file
-        self._finalizer = weakref.finalize(self, _terminate, process)
+        self._finalizer = weakref.finalize(self, terminate, process)
         weakref.finalize(self, stderr_file.close)
 
     @classmethod
@@ -102,7 +102,7 @@ class FakeProvider:
         try:
             port = cls._wait_listening(process, lines)
         except BaseException as exc:
-            _terminate(process)
+            terminate(process)
             stderr_file.seek(0)
             detail = stderr_file.read().decode(errors="replace")
             stderr_file.close()

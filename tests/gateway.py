@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import weakref
 
-from tests.fakes import HOST, REPO_ROOT
+from tests.fakes import HOST, REPO_ROOT, terminate
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -42,17 +42,6 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
-def _kill(process):
-    """Stop a process: SIGTERM, then SIGKILL."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class Gateway:
     """A running ChatVault uvicorn process."""
 
@@ -63,7 +52,7 @@ class Gateway:
         self.root_url = f"http://{HOST}:{port}"
         self.url = f"{self.root_url}/v1"
         self._log_file = log_file
-        self._finalizer = weakref.finalize(self, _kill, process)
+        self._finalizer = weakref.finalize(self, terminate, process, 15)
 
     @classmethod
     def start(cls, database_url, **settings):
