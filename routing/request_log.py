@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 # Rows held while the database is unreachable; beyond this the oldest are dropped (and counted) to bound memory.
 MAX_PENDING_ROWS = 200_000
+MAX_BACKOFF_SECONDS = 10.0
 
 
 class Counters:
@@ -42,7 +43,7 @@ class RequestLogWriter(threading.Thread):
         self.submitted = 0
         self.written = 0
         self.dropped = 0
-        self.failing = False
+        self.failures = 0  # failed writes in a row
 
     def submit(self, row):
         """Queue one row (a dict of RequestLog fields); never blocks."""
@@ -58,8 +59,13 @@ class RequestLogWriter(threading.Thread):
         pending = []
         stopping = False
         while not stopping:
-            deadline = time.monotonic() + self.flush_seconds
-            while len(pending) < self.batch_size:
+            # While the database is failing, wait out a growing backoff before the next try (still queueing rows),
+            # instead of retrying as fast as full batches arrive.
+            wait = (
+                min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS) if self.failures else self.flush_seconds
+            )
+            deadline = time.monotonic() + wait
+            while self.failures or len(pending) < self.batch_size:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
@@ -97,9 +103,9 @@ class RequestLogWriter(threading.Thread):
                 write_batch(batch)
             except Exception:
                 attempt += 1
-                if not self.failing:
+                if not self.failures:
                     logger.exception("request log write failed; %d rows kept for retry", len(rows))
-                self.failing = True
+                self.failures += 1
                 if len(rows) > MAX_PENDING_ROWS:
                     self._drop(len(rows) - MAX_PENDING_ROWS)
                     rows = rows[-MAX_PENDING_ROWS:]
@@ -111,9 +117,9 @@ class RequestLogWriter(threading.Thread):
                     return []
                 time.sleep(min(2**attempt * 0.2, 5))
                 continue
-            if self.failing:
-                logger.warning("request log writes recovered")
-                self.failing = False
+            if self.failures:
+                logger.warning("request log writes recovered after %d failed attempts", self.failures)
+                self.failures = 0
             self.written += len(batch)
             rows = rows[self.batch_size :]
         return rows
