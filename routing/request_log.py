@@ -80,7 +80,7 @@ class RequestLogWriter(threading.Thread):
             if stopping:
                 pending.extend(self._drain())
             pending = self._write_all(pending, final=stopping)
-        close_old_connections()
+        connection.close()  # this thread's own connection; it ends with the thread
 
     def _drain(self):
         """Return every row still queued."""

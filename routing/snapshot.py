@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from routing import adapters, health, pricing
@@ -270,6 +270,7 @@ class Refresher(threading.Thread):
                 if not failing:
                     logger.exception("routing configuration refresh failed; serving the last loaded configuration")
                 failing = True
+        connection.close()  # this thread's own connection; it ends with the thread
 
     def stop(self):
         """Ask the thread to end after its current poll."""
