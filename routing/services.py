@@ -147,6 +147,7 @@ class ChatRequest:
         self.decision = {}
         self.usage = None
         self.ttft_ms = None
+        self.upstream_message = None  # the upstream's own words about a failure, for the log only
         self.state = None
         self.budget = None
         self._turn = 0
@@ -349,9 +350,10 @@ class ChatRequest:
             yield SSE_DONE
         except (TimeoutError, UpstreamFailure) as exc:
             timed_out = isinstance(exc, TimeoutError)
-            error = (
-                UpstreamTimeout("The upstream provider stopped sending.") if timed_out else (self._upstream_error(exc))
-            )
+            if timed_out:
+                error = UpstreamTimeout("The upstream provider stopped sending.")
+            else:
+                error = self._upstream_error(exc)
             outcome = error.outcome
             self._attempt_done(instance, began, "timeout" if timed_out else exc.kind)
             verdict = {"ok": False, "detail": "stalled mid-stream" if timed_out else f"broke mid-stream ({exc.kind})"}
@@ -367,7 +369,11 @@ class ChatRequest:
     def _upstream_error(self, failure):
         """Return the client-facing error for a failure and keep the upstream's own words for the log."""
         error = failure_to_error(failure)
-        self.upstream_message = failure.message
+        message = failure.message
+        key = self.instance.api_key if self.instance else None
+        if key and len(key) >= 4:
+            message = message.replace(key, "***")  # an upstream may echo the key it refused
+        self.upstream_message = message
         return error
 
     # --- recording ---------------------------------------------------------------------------------------------
@@ -394,9 +400,8 @@ class ChatRequest:
         message = ""
         if error is not None:
             message = error.message
-            upstream = getattr(self, "upstream_message", None)
-            if upstream:
-                message = f"{message} Upstream said: {upstream}"
+            if self.upstream_message:
+                message = f"{message} Upstream said: {self.upstream_message}"
         request_log.record(
             {
                 "request_id": self.request_id,

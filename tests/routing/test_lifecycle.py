@@ -1,5 +1,8 @@
 """Worker lifecycle: configuration refresh without restart, and no lost request-log rows on SIGTERM."""
 
+import os
+import subprocess
+import sys
 import time
 
 import openai
@@ -7,6 +10,7 @@ import pytest
 
 from routing.models import Model, Outcome, RequestLog
 from tests.factories import make_key, make_model, wait_for_model
+from tests.fakes import REPO_ROOT
 from tests.gateway import Gateway, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -81,3 +85,22 @@ def test_a_database_outage_keeps_serving_the_last_snapshot(database_url, fake):
             with connection.cursor() as cur:
                 cur.execute("ALTER TABLE routing_configrevision_away RENAME TO routing_configrevision")
         wait_until(lambda: "refresh failed" in gw.log(), message="refresh failure logged")
+
+
+def _litellm_imported_after_reload(database_url):
+    """Return whether loading the routing snapshot in a fresh gateway process imported litellm."""
+    code = (
+        "import sys, django; django.setup(); from routing import snapshot; snapshot.reload(); "
+        "print('litellm' in sys.modules)"
+    )
+    env = dict(os.environ, DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE="chatvault_site.settings")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_litellm_is_imported_only_when_an_instance_needs_it(database_url, fake):
+    make_model("vault-fast", [fake], adapter="passthrough")
+    assert not _litellm_imported_after_reload(database_url), "pass-through only: litellm stays out"
+    make_model("vault-other-provider", [fake], adapter="litellm")
+    assert _litellm_imported_after_reload(database_url)
