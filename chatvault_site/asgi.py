@@ -6,6 +6,7 @@ before serving and flushes its request log on graceful shutdown.
 """
 
 import os
+import uuid
 
 from django.core.asgi import get_asgi_application
 
@@ -34,4 +35,17 @@ async def application(scope, receive, send):
     if scope["type"] == "http" and is_api_path(scope["path"]):
         await api_application(scope, receive, send)
         return
-    await django_application(scope, receive, send)
+    await django_application(scope, receive, _with_request_id(send))
+
+
+def _with_request_id(send):
+    """Wrap send so that responses made outside the middleware (static files) carry an x-request-id too."""
+
+    async def sender(message):
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-request-id", str(uuid.uuid4()).encode())]}
+        await send(message)
+
+    return sender

@@ -453,3 +453,9 @@ def test_wrong_methods_answer_in_openai_shape(gateway):
     assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
     status, _, body = gateway.request("OPTIONS", "/v1/chat/completions")
     assert status == 200 and json.loads(body)["name"] == "Chat Completions"
+
+
+def test_admin_pages_and_static_files_carry_a_request_id_too(gateway):
+    for path in ("/admin/login/", "/static/admin/css/base.css"):
+        status, headers, _ = gateway.request("GET", path)
+        assert status == 200 and uuid.UUID(headers["x-request-id"])
