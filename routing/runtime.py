@@ -9,6 +9,8 @@ import gc
 import logging
 import time
 
+from django.core.exceptions import ImproperlyConfigured
+
 from routing import request_log, snapshot, state
 
 logger = logging.getLogger(__name__)
@@ -23,8 +25,23 @@ def started():
     return _state["started"]
 
 
+def _check_migrated():
+    """Refuse to start on a database that lacks some of this release's migrations, with the fix in the message."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if pending:
+        names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in pending[:5])
+        raise ImproperlyConfigured(
+            f"The database is missing {len(pending)} migration(s) ({names}…): run `python manage.py migrate` first."
+        )
+
+
 def _start_sync():
     """Load the snapshot and start the background threads (blocking)."""
+    _check_migrated()
     snapshot.reload()
     request_log.start()
     refresher = snapshot.Refresher()

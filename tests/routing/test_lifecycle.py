@@ -104,3 +104,18 @@ def test_litellm_is_imported_only_when_an_instance_needs_it(database_url, fake):
     assert not _litellm_imported_after_reload(database_url), "pass-through only: litellm stays out"
     make_model("vault-other-provider", [fake], adapter="litellm")
     assert _litellm_imported_after_reload(database_url)
+
+
+def test_an_unmigrated_database_is_refused_with_the_fix_in_the_message(database_url):
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS chatvault_test_empty")
+        cur.execute("CREATE DATABASE chatvault_test_empty")
+    try:
+        empty = database_url.rsplit("/", 1)[0] + "/chatvault_test_empty"
+        with pytest.raises(AssertionError, match="run `python manage.py migrate` first"):
+            Gateway.start(empty)
+    finally:
+        with connection.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS chatvault_test_empty")
