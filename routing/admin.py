@@ -488,8 +488,29 @@ class ApiKeyAdmin(admin.ModelAdmin):
 class RoutingSettingsAdmin(admin.ModelAdmin):
     """The single gateway-wide settings row."""
 
-    list_display = ("default_strategy", "auto_select")
-    fields = ("default_strategy", "auto_select")
+    list_display = ("default_strategy", "auto_select", "max_attempts", "health_check_interval_seconds")
+    fieldsets = (
+        ("Routing", {"fields": ("default_strategy", "auto_select")}),
+        (
+            "Circuit breaker",
+            {
+                "description": "Per instance. Opens after N failures in a row, or when the error ratio over the "
+                "window reaches the threshold with enough requests; stays open for the cooldown (doubling on "
+                "repeated trips up to the maximum), then lets trial requests through.",
+                "fields": (
+                    "breaker_consecutive_failures",
+                    "breaker_error_ratio",
+                    "breaker_min_requests",
+                    "breaker_window_seconds",
+                    "breaker_cooldown_seconds",
+                    "breaker_max_cooldown_seconds",
+                    "breaker_half_open_successes",
+                ),
+            },
+        ),
+        ("Retries and failover", {"fields": ("max_attempts", "retry_budget_ratio")}),
+        ("Active health checks", {"fields": ("health_check_interval_seconds", "health_check_timeout_seconds")}),
+    )
 
     def has_add_permission(self, request):
         """Allow adding only while no settings row exists."""

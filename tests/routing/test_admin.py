@@ -522,3 +522,23 @@ def test_probe_results_are_listed_read_only(admin_client):
     page = admin_client.get("/admin/routing/instanceprobe/")
     assert page.status_code == 200 and b"probe-i" in page.content and b"HTTP 503" in page.content
     assert admin_client.get("/admin/routing/instanceprobe/add/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_every_routing_setting_is_tunable_in_admin(admin_client):
+    from routing.models import ConfigRevision, RoutingSettings
+
+    RoutingSettings.load()
+    page = admin_client.get("/admin/routing/routingsettings/1/change/")
+    editable = [f.name for f in RoutingSettings._meta.fields if f.editable and f.name != "id"]
+    for name in editable:
+        assert f'name="{name}"'.encode() in page.content, name
+    data = {name: page.context["adminform"].form.initial[name] for name in editable}
+    data.update(breaker_consecutive_failures=7, health_check_interval_seconds=0)
+    data["auto_select"] = "on" if data["auto_select"] else ""
+    before = ConfigRevision.current_token()
+    response = admin_client.post("/admin/routing/routingsettings/1/change/", data)
+    assert response.status_code == 302
+    row = RoutingSettings.load()
+    assert (row.breaker_consecutive_failures, row.health_check_interval_seconds) == (7, 0)
+    assert ConfigRevision.current_token() != before
