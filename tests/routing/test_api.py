@@ -459,3 +459,31 @@ def test_admin_pages_and_static_files_carry_a_request_id_too(gateway):
     for path in ("/admin/login/", "/static/admin/css/base.css"):
         status, headers, _ = gateway.request("GET", path)
         assert status == 200 and uuid.UUID(headers["x-request-id"])
+
+
+def test_tools_and_response_format_reach_the_upstream_intact(setup, fake):
+    client, _ = setup
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    client.chat.completions.create(
+        model="vault-test",
+        messages=MESSAGES,
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "json_object"},
+        seed=7,
+        user="u-9",
+    )
+    body = fake.requests()[-1]["body"]
+    assert body["tools"] == tools
+    assert body["tool_choice"] == "auto"
+    assert body["response_format"] == {"type": "json_object"}
+    assert (body["seed"], body["user"]) == (7, "u-9")
