@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError
+from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 
 from routing import state
@@ -38,12 +39,9 @@ def _probe_entry(probe):
 
 
 def latest_probes(instance_ids):
-    """Return {instance id: its latest InstanceProbe} in one query (Postgres DISTINCT ON, using the probe index)."""
-    probes = (
-        InstanceProbe.objects.filter(instance_id__in=instance_ids)
-        .order_by("instance_id", "-checked_at")
-        .distinct("instance_id")
-    )
+    """Return {instance id: its latest InstanceProbe} in one query (a correlated subquery on the probe index)."""
+    newest = InstanceProbe.objects.filter(instance_id=OuterRef("instance_id")).order_by("-checked_at").values("pk")[:1]
+    probes = InstanceProbe.objects.filter(instance_id__in=instance_ids, pk=Subquery(newest))
     return {probe.instance_id: probe for probe in probes}
 
 
