@@ -225,8 +225,12 @@ class ProviderInstance(UpstreamSecret):
         "API base", max_length=500, blank=True, default="", help_text="Overrides the provider's."
     )
     weight = models.FloatField(default=1.0)
-    rpm = models.PositiveIntegerField("RPM limit", null=True, blank=True, help_text="Requests per minute.")
-    tpm = models.PositiveIntegerField("TPM limit", null=True, blank=True, help_text="Tokens per minute.")
+    rpm = models.PositiveIntegerField(
+        "RPM limit", null=True, blank=True, help_text="Requests per minute it takes (all workers); then it is skipped."
+    )
+    tpm = models.PositiveIntegerField(
+        "TPM limit", null=True, blank=True, help_text="Tokens per minute it takes (all workers); then it is skipped."
+    )
     timeout = models.FloatField(
         null=True, blank=True, help_text="Seconds for a whole non-streaming call and for a stream's first byte."
     )

@@ -188,6 +188,8 @@ class ChatRequest:
             elif not st.usable(inst.id, now):
                 breaker = st.breaker(inst.id)
                 skipped[inst.id] = f"{breaker.current(now)}: {breaker.reason}"
+            elif limited := st.over_limit(inst, now):
+                skipped[inst.id] = limited
             else:
                 usable.append(inst)
         if not self.attempts:
@@ -217,11 +219,10 @@ class ChatRequest:
             return NoCapacity(f"The model '{model.name}' has no enabled instance.")
         if all(i.drained for i in model.instances):
             return NoCapacity(f"Every instance of '{model.name}' is drained.")
-        waits = [
-            self.state.breaker(i.id).until - now
-            for i in model.instances
-            if not i.drained and self.state.breaker(i.id).current(now) == OPEN
-        ]
+        st = self.state
+        serving = [i for i in model.instances if not i.drained]
+        waits = [st.breaker(i.id).until - now for i in serving if st.breaker(i.id).current(now) == OPEN]
+        waits += [st.limit_frees_in(i.id, now) for i in serving if st.over_limit(i, now)]
         headers = {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
         return NoCapacity(f"Every instance of '{model.name}' is unavailable right now; retry later.", headers=headers)
 
@@ -305,8 +306,8 @@ class ChatRequest:
             lambda inst: adapters.for_instance(inst).complete(inst, self.body)
         )
         ms = self._attempt_done(instance, began, "ok", 200)
-        self.state.finished(instance.id, ok=True, latency_ms=ms)
         self.usage = completion.usage
+        self.state.finished(instance.id, ok=True, latency_ms=ms, tokens=_total_tokens(self.usage))
         return completion
 
     async def open_stream(self):
@@ -346,7 +347,7 @@ class ChatRequest:
                     break
             outcome = Outcome.OK
             self._attempt_done(instance, began, "ok", 200)
-            verdict = {"ok": True, "latency_ms": first_chunk_ms}
+            verdict = {"ok": True, "latency_ms": first_chunk_ms, "tokens": _total_tokens(self.usage)}
             yield SSE_DONE
         except (TimeoutError, UpstreamFailure) as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -430,6 +431,17 @@ class ChatRequest:
     def record_error(self, error):
         """Record a request that ended with error."""
         self.record(error.outcome, error.status_code, error)
+
+
+def _total_tokens(usage):
+    """Return the total tokens of a usage object, or None."""
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    return sum(p for p in parts if isinstance(p, int)) or None
 
 
 def _json_bytes(value):

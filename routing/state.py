@@ -1,7 +1,8 @@
 """This worker's view of instance health and load, shared with every other worker through Redis when configured.
 
-What is shared: breaker states (closed/open/half-open, reason, until), in-flight counts and latency EWMAs, plus a
-per-worker summary of recent results for the stats endpoint. Nothing here costs a Redis round trip on the request
+What is shared: breaker states (closed/open/half-open, reason, until), in-flight counts, latency EWMAs and each
+worker's requests and tokens per instance over the last minute (for rpm/tpm limits), plus a per-worker summary of
+recent results for the stats endpoint. Nothing here costs a Redis round trip on the request
 path: requests read and update in-process dicts, and a background task syncs with Redis every `SYNC_SECONDS`
 (publishing this worker's numbers and breaker changes, reading everyone else's). A breaker opened by one worker is
 therefore respected by all others within about one sync interval.
@@ -33,6 +34,14 @@ WORKER_TTL_SECONDS = 5
 EWMA_ALPHA = 0.3
 LATENCY_SAMPLES = 256
 KEY_PREFIX = "chatvault:"
+MINUTE = 60.0  # the window of rpm and tpm limits
+
+
+def _trim_minute(window, now):
+    """Drop the entries of an rpm/tpm window older than a minute."""
+    horizon = now - MINUTE
+    while window and window[0][0] < horizon:
+        window.popleft()
 
 
 def _percentile(sorted_values, fraction):
@@ -60,6 +69,8 @@ class RoutingState:
         self.others_ewma = {}  # instance id -> [EWMAs of other workers]
         self.latencies = {}  # instance id -> deque of recent latencies (ms), local
         self.others_summary = {}  # instance id -> [summaries of other workers]
+        self.minute = {}  # instance id -> deque of (time, requests, tokens) over the last minute, for rpm/tpm
+        self.others_minute = {}  # instance id -> [requests, tokens] of the other workers in their last minute
         self._dirty = set()  # breakers changed here and not yet published
         self._reset_seen = {}  # instance id -> breaker_reset_at applied
         self.applied = None  # the snapshot whose policy is in force
@@ -121,6 +132,33 @@ class RoutingState:
             return self.in_flight[instance_id] == 0
         return False
 
+    def used(self, instance_id, now):
+        """Return (requests, tokens) sent to an instance over the last minute, across workers."""
+        window = self.minute.get(instance_id)
+        requests = tokens = 0
+        if window:
+            _trim_minute(window, now)
+            requests = sum(r for _, r, _ in window)
+            tokens = sum(t for _, _, t in window)
+        other_requests, other_tokens = self.others_minute.get(instance_id, (0, 0))
+        return requests + other_requests, tokens + other_tokens
+
+    def over_limit(self, instance, now):
+        """Return why the instance has reached its rpm or tpm limit for this minute, or None."""
+        if not instance.rpm and not instance.tpm:
+            return None
+        requests, tokens = self.used(instance.id, now)
+        if instance.rpm and requests >= instance.rpm:
+            return f"rpm limit reached ({requests}/{instance.rpm} in the last minute)"
+        if instance.tpm and tokens >= instance.tpm:
+            return f"tpm limit reached ({tokens}/{instance.tpm} tokens in the last minute)"
+        return None
+
+    def limit_frees_in(self, instance_id, now):
+        """Return roughly how many seconds until an instance at its limit takes requests again."""
+        window = self.minute.get(instance_id)
+        return max(1.0, MINUTE - (now - window[0][0])) if window else MINUTE
+
     def summary(self, instance_id, now):
         """Return requests, error rate and latency percentiles over the breaker window, across workers.
 
@@ -154,19 +192,22 @@ class RoutingState:
 
     # --- recording ----------------------------------------------------------------------------------------------
 
-    def started(self, instance_id):
+    def started(self, instance_id, now=None):
         """Note a request sent to an instance."""
         self.in_flight[instance_id] += 1
+        self.minute.setdefault(instance_id, deque()).append((now or time.time(), 1, 0))
 
-    def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None):
-        """Note how a request to an instance ended and update its breaker.
+    def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None, tokens=None):
+        """Note how a request to an instance ended and update its breaker (and its token use, for tpm).
 
         `counts=False` is for outcomes that say nothing about the instance (a client error, a client gone away).
         """
         self.in_flight[instance_id] -= 1
+        now = time.time()
+        if tokens:
+            self.minute.setdefault(instance_id, deque()).append((now, 0, tokens))
         if not counts:
             return
-        now = time.time()
         self.observe(instance_id, ok=ok, now=now, detail=detail, retry_after=retry_after)
         if ok and latency_ms is not None:
             previous = self.ewma.get(instance_id)
@@ -242,6 +283,7 @@ class RoutingState:
                 self.others_in_flight.clear()
                 self.others_ewma.clear()
                 self.others_summary.clear()
+                self.others_minute.clear()
             await asyncio.sleep(SYNC_SECONDS)
 
     def _key(self, name):
@@ -255,8 +297,15 @@ class RoutingState:
                 "in_flight": {k: v for k, v in self.in_flight.items() if v},
                 "ewma": self.ewma,
                 "summary": {i: self._local_summary(i, now) for i in self.observations},
+                "minute": {i: self._local_minute(i, now) for i in self.minute if self.minute[i]},
             }
         )
+
+    def _local_minute(self, instance_id, now):
+        """Return this worker's own [requests, tokens] for an instance over the last minute."""
+        window = self.minute[instance_id]
+        _trim_minute(window, now)
+        return [sum(r for _, r, _ in window), sum(t for _, _, t in window)]
 
     def _local_summary(self, instance_id, now):
         """Return this worker's own requests, errors and latency percentiles for an instance."""
@@ -294,7 +343,7 @@ class RoutingState:
                 self.breakers[instance_id] = BreakerState.from_dict(json.loads(raw_state))
         others = sorted(w.decode() for w in workers if w.decode() != self.worker_id)
         payloads = await self._redis.mget([self._key(f"worker:{w}") for w in others]) if others else []
-        in_flight, ewma, summary, gone = Counter(), {}, {}, []
+        in_flight, ewma, summary, minute, gone = Counter(), {}, {}, {}, []
         for worker, payload in zip(others, payloads, strict=True):
             if payload is None:
                 gone.append(worker)
@@ -305,9 +354,14 @@ class RoutingState:
                 ewma.setdefault(instance_id, []).append(value)
             for instance_id, value in data.get("summary", {}).items():
                 summary.setdefault(instance_id, []).append(value)
+            for instance_id, (requests, tokens) in data.get("minute", {}).items():
+                total = minute.setdefault(instance_id, [0, 0])
+                total[0] += requests
+                total[1] += tokens
         if gone:
             await self._redis.srem(self._key("workers"), *gone)
         self.others_in_flight, self.others_ewma, self.others_summary = in_flight, ewma, summary
+        self.others_minute = minute
 
 
 _state = None

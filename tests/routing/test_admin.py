@@ -393,7 +393,9 @@ def test_revoke_action_sets_revoked_at_and_bumps_the_revision(admin_client, api_
 
 def test_routing_settings_is_a_singleton(admin_client):
     assert admin_client.get(url("routingsettings_add")).status_code == 200
-    response = admin_client.post(url("routingsettings_add"), {"default_strategy": "weighted"})
+    defaults = {f.name: f.default for f in RoutingSettings._meta.fields if f.editable and f.name != "id"}
+    defaults["auto_select"] = ""
+    response = admin_client.post(url("routingsettings_add"), {**defaults, "default_strategy": "weighted"})
     assert response.status_code == 302
     assert RoutingSettings.load().default_strategy == "weighted"
     assert RoutingSettings.objects.count() == 1

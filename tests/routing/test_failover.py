@@ -239,3 +239,24 @@ def test_a_client_leaving_a_non_streaming_request_cancels_the_upstream_call(gate
     (row,) = wait_rows(1)
     assert row.outcome == Outcome.CLIENT_DISCONNECTED
     assert row.decision["attempts"][0]["outcome"] == "cancelled"
+
+
+def test_an_instance_at_its_rpm_limit_is_skipped_until_the_minute_passes(pair, fake, fake_b):
+    chat, limited, other = pair
+    set_instance(limited, rpm=2)
+    served = [chat() for _ in range(8)]
+    assert served.count(limited) == 2 and len(fake.requests()) == 2
+    rows = wait_rows(8)
+    assert rows[-1].decision["skipped"][limited] == "rpm limit reached (2/2 in the last minute)"
+
+
+def test_when_every_instance_is_at_its_limit_the_client_gets_503_with_retry_after(pair):
+    chat, first, second = pair
+    set_instance(first, rpm=1)
+    set_instance(second, rpm=1)
+    chat()
+    chat()
+    with pytest.raises(openai.APIStatusError) as exc:
+        chat()
+    assert exc.value.status_code == 503
+    assert 1 <= int(exc.value.response.headers["retry-after"]) <= 60
