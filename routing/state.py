@@ -195,7 +195,7 @@ class RoutingState:
     def started(self, instance_id, now=None):
         """Note a request sent to an instance."""
         self.in_flight[instance_id] += 1
-        self.minute.setdefault(instance_id, deque()).append((now or time.time(), 1, 0))
+        self._count(instance_id, now or time.time(), 1, 0)
 
     def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None, tokens=None):
         """Note how a request to an instance ended and update its breaker (and its token use, for tpm).
@@ -205,7 +205,7 @@ class RoutingState:
         self.in_flight[instance_id] -= 1
         now = time.time()
         if tokens:
-            self.minute.setdefault(instance_id, deque()).append((now, 0, tokens))
+            self._count(instance_id, now, 0, tokens)
         if not counts:
             return
         self.observe(instance_id, ok=ok, now=now, detail=detail, retry_after=retry_after)
@@ -215,6 +215,14 @@ class RoutingState:
                 latency_ms if previous is None else (EWMA_ALPHA * latency_ms + (1 - EWMA_ALPHA) * previous)
             )
             self.latencies.setdefault(instance_id, deque(maxlen=LATENCY_SAMPLES)).append(latency_ms)
+
+    def _count(self, instance_id, now, requests, tokens):
+        """Add to an instance's last-minute usage, forgetting what is older (so the window never grows unbounded)."""
+        window = self.minute.get(instance_id)
+        if window is None:
+            window = self.minute[instance_id] = deque()
+        window.append((now, requests, tokens))
+        _trim_minute(window, now)
 
     def observe(self, instance_id, *, ok, now, detail="", retry_after=None):
         """Feed one result (a request or an active probe) to the instance's breaker."""

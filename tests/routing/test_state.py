@@ -61,3 +61,10 @@ def test_a_half_open_instance_takes_one_trial_at_a_time():
     assert st.usable("i", now)
     st.started("i")
     assert not st.usable("i", now), "a trial is already in flight"
+
+
+def test_the_usage_window_forgets_old_requests_as_new_ones_arrive():
+    st = RoutingState()
+    for t in range(1000):
+        st.started("i", now=float(t))
+    assert len(st.minute["i"]) <= 61
