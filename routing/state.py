@@ -195,7 +195,7 @@ class RoutingState:
     def started(self, instance_id, now=None):
         """Note a request sent to an instance."""
         self.in_flight[instance_id] += 1
-        self._count(instance_id, now or time.time(), 1, 0)
+        self._count(instance_id, time.time() if now is None else now, 1, 0)
 
     def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None, tokens=None):
         """Note how a request to an instance ended and update its breaker (and its token use, for tpm).
