@@ -407,6 +407,8 @@ def _parse_model_routing(raw, model_names, errors, warnings):
         auto_select = False
     elif not isinstance(auto_select, bool):
         errors.append(f"model_routing.auto_select must be true or false, not {auto_select!r}")
+    elif auto_select:
+        warnings.append("model_routing.auto_select is stored, but automatic model selection is not yet supported")
 
     capabilities = {}
     raw_caps = raw.get("capabilities")

@@ -49,7 +49,8 @@ class RoutingSettings(models.Model):
         max_length=32, choices=RoutingStrategy.choices, default=RoutingStrategy.ROUND_ROBIN
     )
     auto_select = models.BooleanField(
-        default=False, help_text="Choose the model automatically for every request (model 'auto' always does)."
+        default=False,
+        help_text="Stored for config files (model_routing.auto_select); automatic model selection is not built yet.",
     )
     # Circuit breaker (passive health), per instance.
     breaker_consecutive_failures = models.PositiveIntegerField(

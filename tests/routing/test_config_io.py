@@ -52,7 +52,7 @@ litellm_settings:
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
 model_routing:
-  auto_select: true
+  auto_select: false
   capabilities:
     vault-gpt-4o-mini: [general_chat, question_answering, analysis]
     vault-claude: [analysis]
@@ -143,7 +143,7 @@ def test_it_imports_a_realistic_litellm_config():
 
     row = RoutingSettings.load()
     assert row.default_strategy == "weighted"
-    assert row.auto_select is True
+    assert row.auto_select is False
 
     assert (report.created, report.updated, report.disabled) == (2 + 3 + 2 + 1, 0, 0)
     assert any(w.startswith("litellm_settings ") for w in report.warnings)
@@ -342,7 +342,7 @@ def test_export_writes_the_import_format():
     }
     assert exported["router_settings"] == {"routing_strategy": "weighted"}
     assert exported["model_routing"] == {
-        "auto_select": True,
+        "auto_select": False,
         "capabilities": {
             "vault-claude": ["analysis"],
             "vault-gpt-4o-mini": ["general_chat", "question_answering", "analysis"],
@@ -586,3 +586,18 @@ def test_an_instance_id_listed_under_another_model_moves_there():
 
     assert ProviderInstance.objects.get(pk="mini-a").model.name == "vault-claude"
     assert report.changes == ["update instance mini-a: model"]
+
+
+@pytest.mark.django_db
+def test_auto_select_is_stored_with_a_warning_that_it_does_nothing_yet():
+    from routing.config_io import routing_config_import
+    from routing.models import RoutingSettings
+
+    report = routing_config_import(
+        data={
+            "model_list": [{"model_name": "m", "litellm_params": {"model": "openai/gpt-4o-mini"}}],
+            "model_routing": {"auto_select": True},
+        }
+    )
+    assert RoutingSettings.load().auto_select is True
+    assert any("automatic model selection is not yet supported" in w for w in report.warnings)
