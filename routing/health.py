@@ -67,15 +67,24 @@ class Observations:
         self.recent.append((now, ok))
         if not ok:
             self.failures += 1
+        self.trim(now, window_seconds)
+        if ok:
+            self.consecutive_failures = 0
+        else:
+            self.consecutive_failures += 1
+
+    def trim(self, now, window_seconds):
+        """Forget results older than the window (amortised O(1): each result is dropped once)."""
         horizon = now - window_seconds
         while self.recent and self.recent[0][0] < horizon:
             _, old_ok = self.recent.popleft()
             if not old_ok:
                 self.failures -= 1
-        if ok:
-            self.consecutive_failures = 0
-        else:
-            self.consecutive_failures += 1
+
+    def counts(self, now, window_seconds):
+        """Return (results, failures) within the window ending now."""
+        self.trim(now, window_seconds)
+        return len(self.recent), self.failures
 
     def clear(self):
         """Forget every result."""

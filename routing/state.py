@@ -37,11 +37,40 @@ KEY_PREFIX = "chatvault:"
 MINUTE = 60.0  # the window of rpm and tpm limits
 
 
-def _trim_minute(window, now):
-    """Drop the entries of an rpm/tpm window older than a minute."""
-    horizon = now - MINUTE
-    while window and window[0][0] < horizon:
-        window.popleft()
+class UsageWindow:
+    """Requests and tokens sent to one instance over the last minute, with running totals (for rpm/tpm)."""
+
+    __slots__ = ("entries", "requests", "tokens")
+
+    def __init__(self):
+        self.entries = deque()  # (time, requests, tokens), oldest first
+        self.requests = 0
+        self.tokens = 0
+
+    def add(self, now, requests, tokens):
+        """Count a request or its tokens, and forget what left the minute."""
+        self.entries.append((now, requests, tokens))
+        self.requests += requests
+        self.tokens += tokens
+        self.trim(now)
+
+    def trim(self, now):
+        """Forget entries older than a minute (amortised O(1))."""
+        horizon = now - MINUTE
+        entries = self.entries
+        while entries and entries[0][0] < horizon:
+            _, requests, tokens = entries.popleft()
+            self.requests -= requests
+            self.tokens -= tokens
+
+    def totals(self, now):
+        """Return (requests, tokens) within the minute ending now."""
+        self.trim(now)
+        return self.requests, self.tokens
+
+    def oldest(self):
+        """Return the time of the oldest entry, or None."""
+        return self.entries[0][0] if self.entries else None
 
 
 def _percentile(sorted_values, fraction):
@@ -69,7 +98,7 @@ class RoutingState:
         self.others_ewma = {}  # instance id -> [EWMAs of other workers]
         self.latencies = {}  # instance id -> deque of recent latencies (ms), local
         self.others_summary = {}  # instance id -> [summaries of other workers]
-        self.minute = {}  # instance id -> deque of (time, requests, tokens) over the last minute, for rpm/tpm
+        self.minute = {}  # instance id -> UsageWindow, for rpm/tpm
         self.others_minute = {}  # instance id -> [requests, tokens] of the other workers in their last minute
         self._dirty = set()  # breakers changed here and not yet published
         self._reset_seen = {}  # instance id -> breaker_reset_at applied
@@ -135,11 +164,7 @@ class RoutingState:
     def used(self, instance_id, now):
         """Return (requests, tokens) sent to an instance over the last minute, across workers."""
         window = self.minute.get(instance_id)
-        requests = tokens = 0
-        if window:
-            _trim_minute(window, now)
-            requests = sum(r for _, r, _ in window)
-            tokens = sum(t for _, _, t in window)
+        requests, tokens = window.totals(now) if window is not None else (0, 0)
         other_requests, other_tokens = self.others_minute.get(instance_id, (0, 0))
         return requests + other_requests, tokens + other_tokens
 
@@ -157,7 +182,8 @@ class RoutingState:
     def limit_frees_in(self, instance_id, now):
         """Return roughly how many seconds until an instance at its limit takes requests again."""
         window = self.minute.get(instance_id)
-        return max(1.0, MINUTE - (now - window[0][0])) if window else MINUTE
+        oldest = window.oldest() if window is not None else None
+        return max(1.0, MINUTE - (now - oldest)) if oldest is not None else MINUTE
 
     def summary(self, instance_id, now):
         """Return requests, error rate and latency percentiles over the breaker window, across workers.
@@ -165,14 +191,8 @@ class RoutingState:
         `requests` counts every result the breaker saw — client requests and active probes alike — since both decide
         whether the instance is healthy; the latency percentiles are of successful requests only.
         """
-        obs = self.observations.get(instance_id)
-        local_requests = local_errors = 0
-        if obs is not None:
-            horizon = now - self.policy.window_seconds
-            recent = [ok for at, ok in obs.recent if at >= horizon]
-            local_requests, local_errors = len(recent), recent.count(False)
-        samples = sorted(self.latencies.get(instance_id, ()))
-        parts = [(local_requests, local_errors, _percentile(samples, 0.5), _percentile(samples, 0.95))]
+        own = self._local_summary(instance_id, now)
+        parts = [(own["requests"], own["errors"], own["p50"], own["p95"])]
         parts += [(s["requests"], s["errors"], s["p50"], s["p95"]) for s in self.others_summary.get(instance_id, ())]
         requests = sum(p[0] for p in parts)
         errors = sum(p[1] for p in parts)
@@ -220,9 +240,8 @@ class RoutingState:
         """Add to an instance's last-minute usage, forgetting what is older (so the window never grows unbounded)."""
         window = self.minute.get(instance_id)
         if window is None:
-            window = self.minute[instance_id] = deque()
-        window.append((now, requests, tokens))
-        _trim_minute(window, now)
+            window = self.minute[instance_id] = UsageWindow()
+        window.add(now, requests, tokens)
 
     def observe(self, instance_id, *, ok, now, detail="", retry_after=None):
         """Feed one result (a request or an active probe) to the instance's breaker."""
@@ -305,25 +324,18 @@ class RoutingState:
                 "in_flight": {k: v for k, v in self.in_flight.items() if v},
                 "ewma": self.ewma,
                 "summary": {i: self._local_summary(i, now) for i in self.observations},
-                "minute": {i: self._local_minute(i, now) for i in self.minute if self.minute[i]},
+                "minute": {i: list(w.totals(now)) for i, w in self.minute.items() if w.entries},
             }
         )
 
-    def _local_minute(self, instance_id, now):
-        """Return this worker's own [requests, tokens] for an instance over the last minute."""
-        window = self.minute[instance_id]
-        _trim_minute(window, now)
-        return [sum(r for _, r, _ in window), sum(t for _, _, t in window)]
-
     def _local_summary(self, instance_id, now):
         """Return this worker's own requests, errors and latency percentiles for an instance."""
-        obs = self.observations[instance_id]
-        horizon = now - self.policy.window_seconds
-        recent = [ok for at, ok in obs.recent if at >= horizon]
+        obs = self.observations.get(instance_id)
+        requests, errors = obs.counts(now, self.policy.window_seconds) if obs is not None else (0, 0)
         samples = sorted(self.latencies.get(instance_id, ()))
         return {
-            "requests": len(recent),
-            "errors": recent.count(False),
+            "requests": requests,
+            "errors": errors,
             "p50": _percentile(samples, 0.5),
             "p95": _percentile(samples, 0.95),
         }

@@ -67,4 +67,5 @@ def test_the_usage_window_forgets_old_requests_as_new_ones_arrive():
     st = RoutingState()
     for t in range(1000):
         st.started("i", now=float(t))
-    assert len(st.minute["i"]) <= 61
+    assert len(st.minute["i"].entries) <= 61
+    assert st.used("i", 999.0) == (61, 0)
