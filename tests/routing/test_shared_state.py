@@ -1,6 +1,8 @@
 """Routing state shared between gateway processes through Redis, and what happens without it."""
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 
@@ -9,7 +11,7 @@ import pytest
 import redis
 
 from tests.factories import make_key, make_model, wait_for_model
-from tests.gateway import Gateway, wait_until
+from tests.gateway import Gateway, free_port, wait_until
 from tests.routing.test_api import MESSAGES
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,3 +106,42 @@ def test_a_redis_outage_degrades_to_local_state_without_failing_requests(databas
             served_by(gw, raw, "vault-noredis")
         wait_until(lambda: "Redis unreachable" in gw.log(), timeout=3, message="outage warning")
         assert gw.log().count("Redis unreachable") == 1, "one warning, not one per sync"
+
+
+def test_redis_going_away_mid_run_degrades_and_recovers(database_url, fake, tmp_path):
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed for this test"
+    port = free_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start_redis():
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _pings(port), timeout=5, message="private redis up")
+        return proc
+
+    make_model("vault-flaky-redis", [fake])
+    raw = make_key()
+    redis_proc = start_redis()
+    try:
+        with Gateway.start(database_url, redis_url=f"redis://127.0.0.1:{port}/0") as gw:
+            wait_for_model(gw, raw, "vault-flaky-redis")
+            served_by(gw, raw, "vault-flaky-redis")
+            redis_proc.terminate()
+            redis_proc.wait(5)
+            wait_until(lambda: "Redis unreachable" in gw.log(), timeout=5, message="outage warning")
+            for _ in range(5):
+                served_by(gw, raw, "vault-flaky-redis")  # no request fails for it
+            redis_proc = start_redis()
+            wait_until(lambda: "Redis reachable again" in gw.log(), timeout=5, message="recovery")
+            assert gw.log().count("Redis unreachable") == 1
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(5)
+
+
+def _pings(port):
+    """Return whether a Redis answers on the port."""
+    try:
+        return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2).ping()
+    except redis.exceptions.ConnectionError:
+        return False
