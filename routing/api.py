@@ -184,6 +184,7 @@ async def healthz(request):
             "status": "ok",
             "models": len(snap.models),
             "config_loaded_at": snap.loaded_at,
+            "config_revision": str(snap.token) if snap.token else None,
             "request_log": request_log.stats(),
         }
     )

@@ -4,7 +4,7 @@ import itertools
 import json
 
 from routing.auth import api_key_create
-from routing.models import Model, Provider, ProviderInstance
+from routing.models import ConfigRevision, Model, Provider, ProviderInstance, RoutingSettings
 from tests.gateway import wait_until
 
 UPSTREAM_KEY = "sk-upstream-test-0000"
@@ -61,3 +61,25 @@ def wait_for_model(gateway, raw_key, model_name, present=True, timeout=10):
         return (model_name in names) == present
 
     return wait_until(listed, timeout=timeout, message=f"model {model_name} present={present}")
+
+
+def wait_for_reload(gateway):
+    """Wait until the gateway serves the configuration revision now in the database."""
+    revision = str(ConfigRevision.current_token())
+    wait_until(lambda: gateway.health()["config_revision"] == revision, timeout=10, message="configuration reload")
+
+
+def tune(gateway, **fields):
+    """Change RoutingSettings the way admin does and wait until the gateway runs on the change."""
+    settings = RoutingSettings.load()
+    for name, value in fields.items():
+        setattr(settings, name, value)
+    settings.save()
+    wait_for_reload(gateway)
+
+
+def set_instance(gateway, instance_id, **fields):
+    """Change an instance the way admin's bulk actions do and wait until the gateway runs on the change."""
+    ProviderInstance.objects.filter(pk=instance_id).update(**fields)
+    ConfigRevision.bump()
+    wait_for_reload(gateway)

@@ -3,7 +3,6 @@ who may call it, what it shows, and that draining and breaker resets reach the w
 
 import json
 import threading
-import time
 from datetime import datetime, timedelta
 
 import httpx
@@ -13,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from routing.models import InstanceProbe, ProviderInstance, RequestLog
-from tests.factories import make_key, make_model, wait_for_model
+from tests.factories import make_key, make_model, wait_for_model, wait_for_reload
 from tests.gateway import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -239,7 +238,7 @@ def test_a_drained_instance_gets_no_more_requests(lb, gateway):
     inst = ProviderInstance.objects.get(id=drained)
     inst.drained = True
     inst.save()
-    time.sleep(0.5)
+    wait_for_reload(gateway)
 
     served = {chat(gateway, raw, "vault-lb").headers["x-chatvault-instance"] for _ in range(6)}
     assert served == {kept}

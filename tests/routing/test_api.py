@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from routing.auth import hash_key
-from routing.models import ApiKey, Model, Outcome, RequestLog
-from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model
+from routing.models import ApiKey, ConfigRevision, Model, Outcome, RequestLog
+from tests.factories import UPSTREAM_KEY, make_key, make_model, set_instance, wait_for_model
 from tests.gateway import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -328,13 +328,9 @@ def _closed_port():
         return sock.getsockname()[1]
 
 
-def test_timeout_caps_the_call_and_the_first_byte(setup, fake):
+def test_timeout_caps_the_call_and_the_first_byte(setup, fake, gateway):
     client, _ = setup
-    Model.objects.get(name="vault-test").instances.update(timeout=0.5)
-    from routing.models import ConfigRevision
-
-    ConfigRevision.bump()
-    time.sleep(0.5)
+    set_instance(gateway, client.instance_id, timeout=0.5)
     fake.set_config(latency_ms=3000)
     started = time.perf_counter()
     with pytest.raises(openai.APIStatusError) as exc:
@@ -347,13 +343,9 @@ def test_timeout_caps_the_call_and_the_first_byte(setup, fake):
     assert {r.outcome for r in wait_rows(2)} == {Outcome.UPSTREAM_TIMEOUT}
 
 
-def test_a_stall_mid_stream_ends_with_an_error_event(setup, fake):
+def test_a_stall_mid_stream_ends_with_an_error_event(setup, fake, gateway):
     client, _ = setup
-    Model.objects.get(name="vault-test").instances.update(stream_timeout=0.5)
-    from routing.models import ConfigRevision
-
-    ConfigRevision.bump()
-    time.sleep(0.5)
+    set_instance(gateway, client.instance_id, stream_timeout=0.5)
     fake.set_config(fault="stall")
     received = []
     with pytest.raises(openai.APIError, match="stopped sending"):
@@ -429,8 +421,6 @@ def test_models_list_and_retrieve(setup, gateway):
 def test_admin_changes_reach_the_gateway_without_restart(setup, gateway):
     client, raw = setup
     Model.objects.filter(name="vault-test").update(enabled=False)
-    from routing.models import ConfigRevision
-
     ConfigRevision.bump()
     wait_for_model(gateway, raw, "vault-test", present=False, timeout=2)
     with pytest.raises(openai.NotFoundError):

@@ -12,28 +12,12 @@ import time
 import openai
 import pytest
 
-from routing.models import ConfigRevision, Outcome, ProviderInstance, RoutingSettings
-from tests.factories import make_key, make_model, wait_for_model
+from routing.models import Outcome
+from tests.factories import make_key, make_model, set_instance, tune, wait_for_model
 from tests.gateway import wait_until
 from tests.routing.test_api import MESSAGES, wait_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def tune(**fields):
-    """Change RoutingSettings the way admin does and give the gateway time to reload."""
-    settings = RoutingSettings.load()
-    for name, value in fields.items():
-        setattr(settings, name, value)
-    settings.save()
-    time.sleep(0.4)
-
-
-def set_instance(instance_id, **fields):
-    """Change an instance the way admin does and give the gateway time to reload."""
-    ProviderInstance.objects.filter(pk=instance_id).update(**fields)
-    ConfigRevision.bump()
-    time.sleep(0.4)
 
 
 _pairs_made = itertools.count()
@@ -102,12 +86,12 @@ def test_failover_hides_a_failing_instance_and_its_breaker_opens(pair, fake, fak
 
 
 @pytest.mark.parametrize("fault", ["connection_refused", "hang", "garbage", "disconnect", "status_500"])
-def test_each_kind_of_fault_fails_over_without_a_client_error(pair, fake, fault):
+def test_each_kind_of_fault_fails_over_without_a_client_error(gateway, pair, fake, fault):
     chat, sick, healthy = pair
     if fault == "connection_refused":
-        set_instance(sick, api_base=f"http://127.0.0.1:{_closed_port()}/v1")
+        set_instance(gateway, sick, api_base=f"http://127.0.0.1:{_closed_port()}/v1")
     elif fault == "hang":
-        set_instance(sick, timeout=0.5)
+        set_instance(gateway, sick, timeout=0.5)
         fake.set_config(fault="hang")
     elif fault == "status_500":
         fake.set_config(status=500)
@@ -135,9 +119,9 @@ def test_429_with_retry_after_cools_the_instance_for_that_long(pair, fake):
     assert sick in served, "after Retry-After the instance gets traffic again"
 
 
-def test_breaker_goes_open_half_open_closed(pair, fake):
+def test_breaker_goes_open_half_open_closed(gateway, pair, fake):
     chat, sick, healthy = pair
-    tune(breaker_cooldown_seconds=1)
+    tune(gateway, breaker_cooldown_seconds=1)
     fake.set_config(status=503)
     for _ in range(10):
         chat()
@@ -151,9 +135,9 @@ def test_breaker_goes_open_half_open_closed(pair, fake):
     assert all(a != b for a, b in zip(served[-4:], served[-3:], strict=False)), served
 
 
-def test_a_failed_trial_reopens_with_a_longer_cooldown(pair, fake):
+def test_a_failed_trial_reopens_with_a_longer_cooldown(gateway, pair, fake):
     chat, sick, healthy = pair
-    tune(breaker_cooldown_seconds=1)
+    tune(gateway, breaker_cooldown_seconds=1)
     fake.set_config(status=503)
     for _ in range(10):
         chat()
@@ -183,10 +167,10 @@ def test_when_no_instance_can_serve_the_client_gets_503_with_retry_after(pair, f
     assert rows[-1].outcome == Outcome.NO_CAPACITY and rows[-1].attempts == 0
 
 
-def test_a_full_outage_does_not_multiply_upstream_traffic(pair, fake, fake_b):
+def test_a_full_outage_does_not_multiply_upstream_traffic(gateway, pair, fake, fake_b):
     chat, _, _ = pair
     # Keep the breakers closed so only the retry budget stands between clients and the upstreams.
-    tune(breaker_consecutive_failures=10_000, breaker_min_requests=10_000)
+    tune(gateway, breaker_consecutive_failures=10_000, breaker_min_requests=10_000)
     fake.set_config(status=503)
     fake_b.set_config(status=503)
     for _ in range(100):
@@ -212,9 +196,9 @@ def test_a_client_error_is_not_retried_and_does_not_count_against_the_instance(p
     assert len({chat() for _ in range(4)}) == 2, "both instances still in rotation"
 
 
-def test_a_drained_instance_gets_no_new_requests(pair, fake):
+def test_a_drained_instance_gets_no_new_requests(gateway, pair, fake):
     chat, sick, healthy = pair
-    set_instance(sick, drained=True)
+    set_instance(gateway, sick, drained=True)
     assert {chat() for _ in range(6)} == {healthy}
     assert fake.requests() == []
 
@@ -241,19 +225,19 @@ def test_a_client_leaving_a_non_streaming_request_cancels_the_upstream_call(gate
     assert row.decision["attempts"][0]["outcome"] == "cancelled"
 
 
-def test_an_instance_at_its_rpm_limit_is_skipped_until_the_minute_passes(pair, fake, fake_b):
+def test_an_instance_at_its_rpm_limit_is_skipped_until_the_minute_passes(gateway, pair, fake, fake_b):
     chat, limited, other = pair
-    set_instance(limited, rpm=2)
+    set_instance(gateway, limited, rpm=2)
     served = [chat() for _ in range(8)]
     assert served.count(limited) == 2 and len(fake.requests()) == 2
     rows = wait_rows(8)
     assert rows[-1].decision["skipped"][limited] == "rpm limit reached (2/2 in the last minute)"
 
 
-def test_when_every_instance_is_at_its_limit_the_client_gets_503_with_retry_after(pair):
+def test_when_every_instance_is_at_its_limit_the_client_gets_503_with_retry_after(gateway, pair):
     chat, first, second = pair
-    set_instance(first, rpm=1)
-    set_instance(second, rpm=1)
+    set_instance(gateway, first, rpm=1)
+    set_instance(gateway, second, rpm=1)
     chat()
     chat()
     with pytest.raises(openai.APIStatusError) as exc:

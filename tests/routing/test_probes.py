@@ -22,7 +22,7 @@ from routing.models import InstanceProbe, Model, ProviderInstance, RoutingSettin
 from routing.probes import instance_probe, instances_probe_due
 from routing.tasks import probe_instance, probe_instances
 from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model
-from tests.gateway import free_port
+from tests.gateway import free_port, wait_until
 from tests.routing.test_api import MESSAGES
 
 
@@ -32,6 +32,20 @@ def tune(**fields):
     for name, value in fields.items():
         setattr(routing_settings, name, value)
     routing_settings.save()
+
+
+def wait_until_open(gateway, instance_id):
+    """Wait until the gateway's stats show the instance's breaker open (probe rows reach it within a second)."""
+    headers = {"Authorization": f"Bearer {make_key(is_admin=True)}"}
+
+    def is_open():
+        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
+        if status != 200:
+            return False
+        entries = [i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == instance_id]
+        return entries and entries[0]["state"] == "open"
+
+    wait_until(is_open, timeout=10, message=f"breaker of {instance_id} open")
 
 
 def dead_upstream():
@@ -266,7 +280,7 @@ def test_failed_probes_open_the_breaker_of_a_gateway(gateway, fake, fake_b):
     fake_b.reset_config()
     fake_b.clear_requests()
     fake.clear_requests()
-    time.sleep(1)  # the gateway polls probe rows every 0.1 s and feeds them to its breakers every 0.2 s
+    wait_until_open(gateway, sick)
     client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
 
     assert set(_served_by(client, "vault-probed")) == {healthy}
@@ -285,7 +299,7 @@ def test_a_passthrough_instance_that_fails_its_probes_gets_no_requests(gateway, 
     probes = _probe_twice()
 
     assert [p.ok for p in probes if p.instance_id == dead] == [False, False]
-    time.sleep(1)
+    wait_until_open(gateway, dead)
     client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
 
     assert set(_served_by(client, "vault-probed-pt")) == {healthy}
