@@ -14,7 +14,7 @@ from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 
 from routing import state
-from routing.api import GatewayView, _authenticate, _snapshot
+from routing.api import GatewayView, authenticate_request, current_snapshot
 from routing.errors import AuthenticationFailed, PermissionDenied
 from routing.health import OPEN
 from routing.models import InstanceProbe
@@ -95,7 +95,7 @@ async def _authorize(request, snap):
     A presented key decides alone (a bad key is 401 even in a staff member's browser), so scripts get a clear answer.
     """
     if request.headers.get("Authorization"):
-        key = _authenticate(request, snap)
+        key = authenticate_request(request, snap)
         if not key.is_admin:
             raise PermissionDenied(
                 "This API key may not call the admin endpoints; create one with `create_api_key --admin`.",
@@ -121,7 +121,7 @@ class LoadBalancerStatsView(GatewayView):
 
     async def get(self, request):
         """Return the load balancer's view of every model and instance."""
-        snap = await _snapshot()
+        snap = await current_snapshot()
         await _authorize(request, snap)
         stats = await load_balancer_stats(snapshot=snap, routing_state=state.get(), now=time.time())
         return JsonResponse(stats)

@@ -30,7 +30,7 @@ from routing.models import Outcome
 from routing.services import ChatRequest
 
 
-async def _snapshot():
+async def current_snapshot():
     """Return the snapshot in force, starting the worker first if no lifespan event did."""
     snap = snapshot.current()
     if snap is None:
@@ -41,7 +41,7 @@ async def _snapshot():
     return snap
 
 
-def _authenticate(request, snap):
+def authenticate_request(request, snap):
     """Return the request's KeyConfig, counting (not storing) failures."""
     try:
         return auth.authenticate(request.headers.get("Authorization"), snap, datetime.now(UTC))
@@ -112,8 +112,8 @@ class ChatCompletionsView(GatewayView):
 
     async def post(self, request):
         """Serve one chat completion."""
-        snap = await _snapshot()
-        key = _authenticate(request, snap)
+        snap = await current_snapshot()
+        key = authenticate_request(request, snap)
         chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap)
         try:
             chat.resolve_model(_read_json(request))
@@ -146,8 +146,8 @@ class ModelsView(GatewayView):
 
     async def get(self, request):
         """List models."""
-        snap = await _snapshot()
-        key = _authenticate(request, snap)
+        snap = await current_snapshot()
+        key = authenticate_request(request, snap)
         chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap, endpoint="models")
         data = [_model_entry(m) for name, m in sorted(snap.models.items()) if key.may_use(name)]
         chat.record(Outcome.OK, 200)
@@ -159,8 +159,8 @@ class ModelDetailView(GatewayView):
 
     async def get(self, request, model):
         """Retrieve one model."""
-        snap = await _snapshot()
-        key = _authenticate(request, snap)
+        snap = await current_snapshot()
+        key = authenticate_request(request, snap)
         chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap, endpoint="models")
         found = snap.models.get(model)
         if found is None or not key.may_use(model):
@@ -176,7 +176,7 @@ async def healthz(request):
     snap = snapshot.current()
     if snap is None:
         try:
-            snap = await _snapshot()
+            snap = await current_snapshot()
         except Exception:
             return JsonResponse({"status": "starting"}, status=503)
     return JsonResponse(
