@@ -38,7 +38,7 @@ class _Target:
 def _target(inst):
     """Return the probe target for a ProviderInstance loaded with its provider and model."""
     try:
-        return _Target(inst.id, snapshot._instance_config(inst, inst.model))
+        return _Target(inst.id, snapshot.instance_config(inst, inst.model))
     except Exception as exc:  # an undecryptable key or a missing env var must show up as a failed probe
         logger.warning("instance %s not probed: its configuration cannot be loaded", inst.id, exc_info=True)
         return _Target(inst.id, None, f"configuration cannot be loaded: {exc.__class__.__name__}")

@@ -113,7 +113,7 @@ def _per_token(per_mtok):
     return None if per_mtok is None else Decimal(per_mtok) / Decimal(1_000_000)
 
 
-def _instance_config(inst, model):
+def instance_config(inst, model):
     """Return the hot-path view of one ProviderInstance."""
     prices = pricing.lookup(inst.litellm_model)
     return InstanceConfig(
@@ -153,7 +153,7 @@ def build():
         configs = []
         for inst in by_model.get(model.pk, []):
             try:
-                configs.append(_instance_config(inst, model))
+                configs.append(instance_config(inst, model))
             except Exception:  # one undecryptable key must not take every other model down
                 logger.exception("instance %s skipped: its configuration cannot be loaded", inst.id)
         models[model.name] = ModelConfig(
