@@ -83,3 +83,17 @@ def set_instance(gateway, instance_id, **fields):
     ProviderInstance.objects.filter(pk=instance_id).update(**fields)
     ConfigRevision.bump()
     wait_for_reload(gateway)
+
+
+def wait_until_open(gateway, instance_id):
+    """Wait until the gateway's load-balancer stats show the instance's breaker open."""
+    headers = {"Authorization": f"Bearer {make_key(name='stats', is_admin=True)}"}
+
+    def is_open():
+        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
+        if status != 200:
+            return False
+        entries = [i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == instance_id]
+        return bool(entries) and entries[0]["state"] == "open"
+
+    wait_until(is_open, timeout=10, message=f"breaker of {instance_id} open")

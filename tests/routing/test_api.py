@@ -165,6 +165,7 @@ def test_max_tokens_reaches_the_upstream(setup):
 
 
 def test_missing_and_invalid_keys_are_401_and_not_stored(setup, gateway):
+    counted = gateway.health()["request_log"]["unauthenticated_requests"]
     with pytest.raises(openai.AuthenticationError) as exc:
         openai.OpenAI(base_url=gateway.url, api_key="cv-wrong", max_retries=0).chat.completions.create(
             model="vault-test", messages=MESSAGES
@@ -176,8 +177,10 @@ def test_missing_and_invalid_keys_are_401_and_not_stored(setup, gateway):
     )
     assert status == 401 and headers["x-request-id"]
     assert json.loads(body)["error"]["code"] == "missing_api_key"
-    time.sleep(0.3)
-    assert rows() == []
+    assert gateway.health()["request_log"]["unauthenticated_requests"] == counted + 2, "counted"
+    # Every row queued so far (the authenticated /v1/models calls of the setup) is written: none is a chat row.
+    wait_until(lambda: gateway.health()["request_log"]["pending"] == 0, message="request log drained")
+    assert rows() == [], "not stored"
 
 
 def test_revoked_and_expired_keys_are_401(setup, gateway):

@@ -119,13 +119,18 @@ def test_429_with_retry_after_cools_the_instance_for_that_long(pair, fake):
     assert sick in served, "after Retry-After the instance gets traffic again"
 
 
-def test_breaker_goes_open_half_open_closed(gateway, pair, fake):
-    chat, sick, healthy = pair
+def trip_with_a_one_second_cooldown(gateway, chat, fake):
+    """Make the instance on `fake` fail until its breaker opens, with a cooldown of 1 s."""
     tune(gateway, breaker_cooldown_seconds=1)
     fake.set_config(status=503)
     for _ in range(10):
         chat()
-    assert len(fake.requests()) == 5  # open now
+    assert len(fake.requests()) == 5  # five failures in a row: open now
+
+
+def test_breaker_goes_open_half_open_closed(gateway, pair, fake):
+    chat, sick, healthy = pair
+    trip_with_a_one_second_cooldown(gateway, chat, fake)
     fake.reset_config()
     fake.clear_requests()
     time.sleep(1.1)  # half-open: trial requests go through, one at a time
@@ -137,10 +142,7 @@ def test_breaker_goes_open_half_open_closed(gateway, pair, fake):
 
 def test_a_failed_trial_reopens_with_a_longer_cooldown(gateway, pair, fake):
     chat, sick, healthy = pair
-    tune(gateway, breaker_cooldown_seconds=1)
-    fake.set_config(status=503)
-    for _ in range(10):
-        chat()
+    trip_with_a_one_second_cooldown(gateway, chat, fake)
     time.sleep(1.1)
     for _ in range(4):
         chat()

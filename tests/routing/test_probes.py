@@ -21,8 +21,8 @@ from django.utils import timezone
 from routing.models import InstanceProbe, Model, ProviderInstance, RoutingSettings
 from routing.probes import instance_probe, instances_probe_due
 from routing.tasks import probe_instance, probe_instances
-from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model
-from tests.gateway import free_port, wait_until
+from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model, wait_until_open
+from tests.gateway import free_port
 from tests.routing.test_api import MESSAGES
 
 
@@ -32,20 +32,6 @@ def tune(**fields):
     for name, value in fields.items():
         setattr(routing_settings, name, value)
     routing_settings.save()
-
-
-def wait_until_open(gateway, instance_id):
-    """Wait until the gateway's stats show the instance's breaker open (probe rows reach it within a second)."""
-    headers = {"Authorization": f"Bearer {make_key(is_admin=True)}"}
-
-    def is_open():
-        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
-        if status != 200:
-            return False
-        entries = [i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == instance_id]
-        return entries and entries[0]["state"] == "open"
-
-    wait_until(is_open, timeout=10, message=f"breaker of {instance_id} open")
 
 
 def dead_upstream():

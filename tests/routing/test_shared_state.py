@@ -4,13 +4,12 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 
 import openai
 import pytest
 import redis
 
-from tests.factories import make_key, make_model, wait_for_model
+from tests.factories import make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import Gateway, free_port, wait_until
 from tests.routing.test_api import MESSAGES
 
@@ -48,7 +47,7 @@ def test_a_breaker_opened_by_one_worker_is_respected_by_another(database_url, re
         raw_state = wait_until(lambda: store.hget("chatvault:breakers", sick), timeout=2, message="breaker shared")
         stored = json.loads(raw_state)
         assert stored["state"] == "open" and "HTTP 503" in stored["reason"]
-        time.sleep(0.25)  # worker two reads shared breakers every 0.1 s
+        wait_until_open(two, sick)  # worker two has read the shared breaker (it never saw a failure itself)
         for _ in range(10):
             assert served_by(two, raw, name) == healthy
         assert len(fake.requests()) == 5, "worker two never tried the instance worker one found broken"
