@@ -1,8 +1,9 @@
 """Django admin for the routing configuration, client API keys and the read-only request log.
 
 Upstream keys are write-only here: a form field sets or clears them and pages show only `api_key_display()`. Client
-keys are generated on add and shown once, in a message; only their hash is stored. Actions that write with queryset
-`.update()` skip the model signals, so they bump `ConfigRevision` themselves.
+keys are generated on add and shown once, on the page that answers the add form (never in a message, which the
+session would keep); only their hash is stored. Actions that write with queryset `.update()` skip the model signals,
+so they bump `ConfigRevision` themselves.
 
 The instance pages show each instance's breaker state and in-flight count as the process serving the page sees them
 (shared across workers through Redis when it is configured; without it, only this process's own view).
@@ -16,6 +17,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -454,14 +457,27 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
 
     def save_model(self, request, obj, form, change):
-        """Generate the secret of a new key, store its hash, and show it once."""
+        """Generate the secret of a new key and store its hash; response_add shows the key once."""
         if change:
             super().save_model(request, obj, form, change)
             return
         # The admin saves the object itself (so save_related sets the allowed models); auth makes the secret.
-        raw = assign_new_secret(obj)
+        obj.raw_key = assign_new_secret(obj)
         super().save_model(request, obj, form, change)
-        self.message_user(request, f"Copy this key now; it will not be shown again: {raw}", messages.SUCCESS)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the new key in this response only, so no session row or cookie ever holds it."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "opts": self.opts,
+            "key": obj,
+            "raw_key": obj.raw_key,
+            "change_url": reverse("admin:routing_apikey_change", args=[obj.pk]),
+            "changelist_url": reverse("admin:routing_apikey_changelist"),
+            "add_url": reverse("admin:routing_apikey_add"),
+        }
+        return TemplateResponse(request, "admin/routing/apikey/created.html", context)
 
     @admin.display(description="Status")
     def status(self, obj):

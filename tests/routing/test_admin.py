@@ -1,11 +1,14 @@
 """Tests for the Django admin: pages render, upstream keys stay write-only, client keys are shown once, the log is
 read-only, and actions tell the workers that the configuration changed."""
 
+import json
 import re
 import uuid
 
 import pytest
 from django.contrib.messages import get_messages
+from django.contrib.messages.storage.cookie import CookieStorage
+from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django.utils import timezone
 
@@ -349,13 +352,22 @@ def test_enable_and_disable_actions_bump_the_revision(admin_client, everything, 
 # --- Client API keys ----------------------------------------------------------------------------------------------
 
 
+def api_key_data(model, name="billing"):
+    """Return POST data for the API key add form."""
+    return {"name": name, "is_admin": "on", "allowed_models": [model.pk], "expires_at_0": "", "expires_at_1": ""}
+
+
+def shown_key(response):
+    """Return the raw key shown on the page that answers the add form."""
+    html = response.content.decode()
+    assert "Copy this key now; it will not be shown again:" in html
+    return re.search(rf'value="({re.escape(KEY_PREFIX)}[A-Za-z0-9_-]+)"', html).group(1)
+
+
 def test_adding_an_api_key_shows_it_once_and_stores_only_its_hash(admin_client, model):
-    data = {"name": "billing", "is_admin": "on", "allowed_models": [model.pk], "expires_at_0": "", "expires_at_1": ""}
-    response = admin_client.post(url("apikey_add"), data, follow=True)
+    response = admin_client.post(url("apikey_add"), api_key_data(model))
     assert response.status_code == 200
-    shown = [m for m in message_texts(response) if m.startswith("Copy this key now; it will not be shown again: ")]
-    assert len(shown) == 1
-    raw = re.search(rf"{KEY_PREFIX}\S+", shown[0]).group(0)
+    raw = shown_key(response)
 
     key = ApiKey.objects.get(name="billing")
     assert key.key_hash == hash_key(raw)
@@ -368,6 +380,29 @@ def test_adding_an_api_key_shows_it_once_and_stores_only_its_hash(admin_client, 
         html = admin_client.get(page).content.decode()
         assert raw not in html
         assert key.key_hash not in html
+
+
+def cookie_texts(response, client):
+    """Return the value of every cookie set or held, and the decoded messages of a messages cookie."""
+    texts = []
+    for morsel in [*response.cookies.values(), *client.cookies.values()]:
+        texts.append(morsel.value)
+        if morsel.key == CookieStorage.cookie_name:  # signed and compressed: the key would not show as is
+            texts += [str(m) for m in CookieStorage(response.wsgi_request)._decode(morsel.value) or []]
+    return texts
+
+
+@pytest.mark.parametrize("storage", ["session.SessionStorage", "cookie.CookieStorage"])
+def test_a_new_api_key_never_reaches_a_session_or_a_cookie(admin_client, model, settings, storage):
+    settings.MESSAGE_STORAGE = f"django.contrib.messages.storage.{storage}"
+    response = admin_client.post(url("apikey_add"), api_key_data(model))
+    raw = shown_key(response)
+
+    sessions = list(Session.objects.all())
+    assert sessions  # the admin's own session is there to be looked at
+    for session in sessions:
+        assert raw not in json.dumps(session.get_decoded())
+    assert not any(raw in text for text in cookie_texts(response, admin_client))
 
 
 def test_api_key_change_page_does_not_offer_the_secret_fields(admin_client, api_key):
