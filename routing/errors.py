@@ -135,6 +135,16 @@ class NoCapacity(GatewayError):
     outcome = Outcome.NO_CAPACITY
 
 
+class ServerShutdown(GatewayError):
+    """The gateway is shutting down and stopped this request before it was done."""
+
+    status_code = 503
+    default_detail = "The gateway is shutting down; retry the request."
+    default_code = "server_shutdown"
+    error_type = "api_error"
+    outcome = Outcome.SERVER_SHUTDOWN
+
+
 class UpstreamTimeout(GatewayError):
     """The upstream did not answer in time."""
 

@@ -318,6 +318,7 @@ class Outcome(models.TextChoices):
     NO_CAPACITY = "no_capacity", "No instance available"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
     INTERNAL_ERROR = "internal_error", "Internal error"
+    SERVER_SHUTDOWN = "server_shutdown", "Server shutting down"
 
 
 class RequestLog(models.Model):
