@@ -15,7 +15,7 @@ import pytest
 from routing.models import Outcome
 from tests.factories import make_key, make_model, set_instance, tune, wait_for_model
 from tests.gateway import wait_until
-from tests.routing.test_api import MESSAGES, wait_rows
+from tests.helpers import MESSAGES, wait_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,7 +23,7 @@ from routing.probes import instance_probe, instances_probe_due
 from routing.tasks import probe_instance, probe_instances
 from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import free_port
-from tests.routing.test_api import MESSAGES
+from tests.helpers import MESSAGES
 
 
 def tune(**fields):

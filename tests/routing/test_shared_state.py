@@ -11,7 +11,7 @@ import redis
 
 from tests.factories import make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import Gateway, free_port, wait_until
-from tests.routing.test_api import MESSAGES
+from tests.helpers import MESSAGES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
