@@ -15,29 +15,16 @@ import openai
 import pytest
 
 from routing.auth import hash_key
-from routing.models import ApiKey, ConfigRevision, Model, Outcome, RequestLog
+from routing.models import ApiKey, ConfigRevision, Model, Outcome
 from tests.factories import UPSTREAM_KEY, make_key, make_model, set_instance, wait_for_model
 from tests.gateway import wait_until
+from tests.helpers import MESSAGES, rows, wait_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FAKE_TEXT = "".join(f"fake{i} " for i in range(20))  # what the fake provider answers by default
 GPT_4O_MINI_IN = Decimal("1.5e-07")  # litellm's price map, per token
 GPT_4O_MINI_OUT = Decimal("6e-07")
-
-
-def rows(**filters):
-    """Return chat RequestLog rows matching filters."""
-    return list(RequestLog.objects.filter(endpoint="chat.completions", **filters).order_by("created_at"))
-
-
-def wait_rows(count, **filters):
-    """Wait until exactly `count` chat rows match, and return them."""
-    wait_until(lambda: len(rows(**filters)) >= count, timeout=10, message=f"{count} RequestLog rows")
-    time.sleep(0.15)  # a straggler would show up within a flush interval
-    found = rows(**filters)
-    assert len(found) == count
-    return found
 
 
 @pytest.fixture(params=["passthrough", "litellm"])
@@ -55,9 +42,6 @@ def setup(gateway, fake, adapter):
     client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
     client.instance_id = model.instance_ids[0]
     return client, raw
-
-
-MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
 def test_it_serves_a_chat_completion_and_records_it(setup, fake):
