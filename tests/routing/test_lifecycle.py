@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import openai
 import pytest
@@ -109,13 +110,13 @@ def test_litellm_is_imported_only_when_an_instance_needs_it(database_url, fake):
 def test_an_unmigrated_database_is_refused_with_the_fix_in_the_message(database_url):
     from django.db import connection
 
+    name = f"chatvault_test_empty_{uuid.uuid4().hex}"  # unique: test runs side by side must not share it
     with connection.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS chatvault_test_empty")
-        cur.execute("CREATE DATABASE chatvault_test_empty")
+        cur.execute(f"CREATE DATABASE {name}")
     try:
-        empty = database_url.rsplit("/", 1)[0] + "/chatvault_test_empty"
+        empty = database_url.rsplit("/", 1)[0] + f"/{name}"
         with pytest.raises(AssertionError, match="run `python manage.py migrate` first"):
             Gateway.start(empty)
     finally:
         with connection.cursor() as cur:
-            cur.execute("DROP DATABASE IF EXISTS chatvault_test_empty")
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
