@@ -6,6 +6,7 @@ shape the answer. Nothing here touches the database.
 
 import inspect
 import json
+import logging
 from datetime import UTC, datetime
 
 from adrf.views import APIView
@@ -24,10 +25,13 @@ from routing.errors import (
     NoCapacity,
     NotFound,
     PayloadTooLarge,
+    ServerShutdown,
     as_gateway_error,
 )
 from routing.models import Outcome
 from routing.services import ChatRequest
+
+logger = logging.getLogger(__name__)
 
 
 async def current_snapshot():
@@ -65,6 +69,8 @@ def _read_json(request):
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("The request body is not valid JSON.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def _served_headers(response, chat):
@@ -75,13 +81,23 @@ def _served_headers(response, chat):
 
 
 class GatewayView(APIView):
-    """Base for the API views: async, no DRF authentication, errors in OpenAI's shape."""
+    """Base for the API views: async, no DRF authentication, errors in OpenAI's shape, always JSON (or SSE)."""
 
     renderer_classes = [JSONRenderer]
     parser_classes = []
     authentication_classes = []
     permission_classes = []
     throttle_classes = []
+
+    def perform_content_negotiation(self, request, force=False):
+        """Answer JSON whatever `Accept` or `?format=` asks for, as OpenAI does: the shape of the API is fixed."""
+        return self.renderer_classes[0](), "application/json"
+
+    def options(self, request, *args, **kwargs):
+        """Answer OPTIONS with the allowed methods only: no description of the view to unauthenticated callers."""
+        response = HttpResponse(status=204)
+        response["Allow"] = ", ".join(self.allowed_methods)
+        return response
 
     async def async_dispatch(self, request, *args, **kwargs):
         """Dispatch like adrf, but run DRF's `initial` inline instead of on the shared sync thread.
@@ -127,6 +143,11 @@ class ChatCompletionsView(GatewayView):
         except BaseException as exc:
             if isinstance(exc, Exception):
                 error = as_gateway_error(exc)
+                chat.record_error(error)
+                return error.response()
+            if runtime.stopping():
+                # Cancelled by the server: its graceful shutdown ran out before the upstream answered.
+                error = ServerShutdown()
                 chat.record_error(error)
                 return error.response()
             # Cancelled: the client went away (Django cancels the view on disconnect).
@@ -178,6 +199,8 @@ async def healthz(request):
         try:
             snap = await current_snapshot()
         except Exception:
+            # The body stays terse (no auth here); the reason goes to the log, where operators look.
+            logger.exception("worker start-up failed; /healthz answers 503")
             return JsonResponse({"status": "starting"}, status=503)
     return JsonResponse(
         {

@@ -30,9 +30,18 @@ Fault injection (runtime config, overridable per request by headers)
     ``hang`` (send nothing until the client leaves), ``disconnect`` (drop the
     connection without a response), ``stall`` (streams: role chunk plus two
     content chunks, then hang; non-streams: headers plus half the body, then
-    hang) and ``garbage`` (200 with a non-JSON body, or a non-JSON SSE event).
-    Precedence: latency first, then ``hang``/``disconnect``, then error status
-    (explicit status, else ``error_rate``), then ``stall``/``garbage``.
+    hang), ``garbage`` (200 with a non-JSON body, or a non-JSON SSE event) and
+    ``midstream_error`` (streams: role chunk plus two content chunks, then an
+    SSE ``data: {"error": ...}`` event and the end of the stream).
+    Precedence: latency first, then ``hang``/``disconnect``, then
+    ``redirect_to``, then error status (explicit status, else ``error_rate``),
+    then ``stall``/``garbage``/``midstream_error``.
+
+Hostile upstreams (runtime config only)
+    ``echo_key`` (bool): every error message repeats the ``Authorization``
+    header it received, as careless upstreams do. ``usage`` (object): fields
+    that replace the computed usage, e.g. ``{"prompt_tokens": -5}``.
+    ``redirect_to`` (URL): answer chat requests with ``307`` to that URL.
 """
 
 from __future__ import annotations
@@ -52,8 +61,11 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_HOST = "127.0.0.1"
-FAULTS = ("hang", "stall", "garbage", "disconnect")
-KNOBS = ("status", "latency_ms", "chunk_delay_ms", "chunks", "error_rate", "fault", "retry_after")
+FAULTS = ("hang", "stall", "garbage", "disconnect", "midstream_error")
+KNOBS = (
+    "status", "latency_ms", "chunk_delay_ms", "chunks", "error_rate", "fault", "retry_after", "echo_key", "usage",
+    "redirect_to",
+)  # fmt: skip
 MAX_RECORDS = 1000
 
 # Request header -> knob it overrides for that request only.
@@ -107,6 +119,9 @@ class FakeConfig:
     status: int | None = None
     fault: str | None = None
     retry_after: float | None = None
+    echo_key: bool = False
+    usage: dict | None = None
+    redirect_to: str | None = None
     seed: int = 0
     models: tuple[str, ...] = ("fake-model",)
 
@@ -145,6 +160,18 @@ def validate_knob(name: str, value: Any) -> Any:
         return _number(value, name, integer=True)
     if name == "error_rate":
         return _number(value, name, high=1)
+    if name == "echo_key":
+        if not isinstance(value, bool):
+            raise InvalidKnob(f"echo_key must be a boolean, got {value!r}")
+        return value
+    if name == "usage":
+        if not isinstance(value, dict):
+            raise InvalidKnob(f"usage must be an object, got {value!r}")
+        return value
+    if name == "redirect_to":
+        if not isinstance(value, str) or not value.startswith("http://"):
+            raise InvalidKnob(f"redirect_to must be an http:// URL, got {value!r}")
+        return value
     if name == "fault":
         value = str(value).strip().lower()
         if value in ("", "none"):
@@ -191,6 +218,11 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
+def _echoed(message: str, authorization: str) -> str:
+    """Return message with the Authorization header it was sent repeated in it, as careless upstreams do."""
+    return f"{message} (you sent: {authorization})"
+
+
 async def _forever() -> None:
     """Wait until cancelled (the client went away or the server stops)."""
     await asyncio.Event().wait()
@@ -220,9 +252,16 @@ class FakeProvider:
     # -- helpers ---------------------------------------------------------
 
     def _error(
-        self, status: int, message: str | None = None, retry_after: float | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str | None = None,
+        retry_after: float | None = None,
+        param: str | None = None,
+        echo: str | None = None,
     ) -> web.Response:
-        """Build an OpenAI-shaped error response, with Retry-After when relevant."""
+        """Build an OpenAI-shaped error response, with Retry-After when relevant (and the key echoed if asked)."""
+        if echo:
+            message = _echoed(message or error_body(status)["error"]["message"], echo)
         headers = {}
         if retry_after is None and status == 429:
             retry_after = 1
@@ -284,14 +323,15 @@ class FakeProvider:
         # Draw on arrival so the error sequence only depends on request order.
         failing = knobs["error_rate"] > 0 and self.rng.random() < knobs["error_rate"]
 
+        echo = request.headers.get("Authorization", "") if knobs["echo_key"] else None
         if not isinstance(body, dict):
-            return self._error(400, "We could not parse the JSON body of your request.")
+            return self._error(400, "We could not parse the JSON body of your request.", echo=echo)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return self._error(400, "'messages' must be a non-empty array.", param="messages")
+            return self._error(400, "'messages' must be a non-empty array.", param="messages", echo=echo)
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens")
+            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens", echo=echo)
 
         if knobs["latency_ms"]:
             await asyncio.sleep(knobs["latency_ms"] / 1000)
@@ -305,11 +345,13 @@ class FakeProvider:
                 transport.abort()
             # Losing the connection cancels this handler, which aiohttp handles silently.
             await _forever()
+        if knobs["redirect_to"]:
+            raise web.HTTPTemporaryRedirect(knobs["redirect_to"])
         status = knobs["status"]
         if status is not None and status != 200:
-            return self._error(status, retry_after=knobs["retry_after"])
+            return self._error(status, retry_after=knobs["retry_after"], echo=echo)
         if failing:
-            return self._error(500, retry_after=knobs["retry_after"])
+            return self._error(500, retry_after=knobs["retry_after"], echo=echo)
 
         words = knobs["chunks"]
         finish_reason = "stop"
@@ -318,7 +360,7 @@ class FakeProvider:
         model = body.get("model") or self.config.models[0]
         prompt_tokens = count_prompt_tokens(messages)
         if body.get("stream"):
-            return await self._stream(request, body, model, words, finish_reason, prompt_tokens, knobs)
+            return await self._stream(request, body, model, words, finish_reason, prompt_tokens, knobs, echo)
 
         if fault == "garbage":
             return web.Response(body=_GARBAGE_BODY, content_type=_JSON)
@@ -341,6 +383,7 @@ class FakeProvider:
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": words,
                     "total_tokens": prompt_tokens + words,
+                    **(knobs["usage"] or {}),
                 },
                 "system_fingerprint": "fp_fake",
             }
@@ -362,6 +405,7 @@ class FakeProvider:
         finish_reason: str,
         prompt_tokens: int,
         knobs: dict,
+        echo: str | None,
     ) -> web.StreamResponse:
         """Stream the completion as chat.completion.chunk SSE events."""
         response = web.StreamResponse(headers=_SSE_HEADERS)
@@ -385,9 +429,15 @@ class FakeProvider:
         await write(f'{head}{{"role":"assistant","content":""}}{tail}'.encode())
         delay = knobs["chunk_delay_ms"] / 1000
         stall_after = 2 if knobs["fault"] == "stall" else -1
+        fail_after = 2 if knobs["fault"] == "midstream_error" else -1
         for k in range(words):
             if k == stall_after:
                 await _forever()
+            if k == fail_after:
+                error = error_body(500, _echoed("The stream broke.", echo) if echo else "The stream broke.")
+                await write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await response.write_eof()
+                return response
             if delay and k:
                 await asyncio.sleep(delay)
             await write(f'{head}{{"content":"fake{k} "}}{tail}'.encode())
@@ -395,9 +445,14 @@ class FakeProvider:
             await _forever()
         await write(f'{head}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]{usage_null}}}\n\n'.encode())
         if include_usage:
-            usage = (
-                f'{{"prompt_tokens":{prompt_tokens},"completion_tokens":{words},'
-                f'"total_tokens":{prompt_tokens + words}}}'
+            usage = json.dumps(
+                {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": words,
+                    "total_tokens": prompt_tokens + words,
+                    **(knobs["usage"] or {}),
+                },
+                separators=(",", ":"),
             )
             await write(f'data: {{{common},"system_fingerprint":"fp_fake","choices":[],"usage":{usage}}}\n\n'.encode())
         await write(_DONE_EVENT)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from routing import adapters, snapshot
+from routing import adapters, snapshot, storable
 from routing.models import InstanceProbe, ProviderInstance, RoutingSettings
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,6 @@ def _target(inst):
         return _Target(inst.id, None, f"configuration cannot be loaded: {exc.__class__.__name__}")
 
 
-def _scrub(text, config):
-    """Return text with the instance's key masked, in case an upstream echoed it in an error."""
-    if config.api_key and len(config.api_key) >= 4:
-        text = text.replace(config.api_key, "***")
-    return text[:1000]
-
-
 async def _probe(target, timeout):
     """Probe one target and return the InstanceProbe fields (without the instance)."""
     checked_at = timezone.now()
@@ -62,7 +55,7 @@ async def _probe(target, timeout):
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            await adapters.for_instance(config).probe(config)
+            await adapters.probe(config)
     except adapters.UpstreamFailure as exc:
         status_code = exc.status
         error = f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
@@ -78,7 +71,7 @@ async def _probe(target, timeout):
         "ok": not error or status_code in adapters.CLIENT_FAULT_STATUSES,
         "status_code": status_code,
         "latency_ms": latency_ms,
-        "error": _scrub(error, config),
+        "error": storable.text(error, 1000),  # an upstream's words (masked by the adapter seam), shown in admin
     }
 
 

@@ -4,18 +4,27 @@ The hot path calls `record(row)`, which only appends to an in-memory queue. A wr
 rows in batches (`CHATVAULT_LOG_BATCH_SIZE` rows or `CHATVAULT_LOG_FLUSH_SECONDS`, whichever comes first) and stamps
 `ApiKey.last_used_at`. On graceful shutdown `stop()` drains the queue, so no accepted request goes unrecorded. If the
 database is down, rows are kept and retried with backoff rather than dropped.
+
+Every row is made storable when it is queued (`routing.storable`). Should the database still refuse a batch while it
+accepts writes, the batch is split until the refused row is isolated; that row is written in a safe form that says
+what was wrong, and every other row is written as it is. One bad row never holds up the rows behind it.
 """
 
+import functools
 import logging
 import queue
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 
+import psycopg
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Q
 
-from routing.models import ApiKey, RequestLog
+from routing import storable
+from routing.models import ApiKey, Outcome, RequestLog
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,7 @@ class Counters:
 
     unauthenticated = 0
     dropped_rows = 0
+    rewritten_rows = 0  # rows the database refused, written in their safe form
 
 
 class RequestLogWriter(threading.Thread):
@@ -100,7 +110,7 @@ class RequestLogWriter(threading.Thread):
             batch = rows[: self.batch_size]
             try:
                 close_old_connections()
-                write_batch(batch)
+                self._write_isolating(batch)
             except Exception:
                 attempt += 1
                 if not self.failures:
@@ -123,6 +133,36 @@ class RequestLogWriter(threading.Thread):
             self.written += len(batch)
             rows = rows[self.batch_size :]
         return rows
+
+    def _write_isolating(self, rows):
+        """Write rows; if the database refuses them while it accepts writes, split them around the refused rows.
+
+        Raise only when the database itself is failing (down, or the table unusable): then the caller keeps every
+        row and retries later. Rows already written by then are skipped on the retry (see `write_batch`).
+        """
+        try:
+            write_batch(rows)
+            return
+        except Exception as exc:
+            if not _accepts_writes():
+                raise
+            error = exc
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            self._write_isolating(rows[:middle])
+            self._write_isolating(rows[middle:])
+            return
+        logger.error("request log row %s refused by the database; writing it in a safe form: %s",
+                     rows[0].get("request_id"), storable.text(error, 300))  # fmt: skip
+        try:
+            write_batch([safe_form(rows[0], error)])
+        except Exception:
+            if not _accepts_writes():
+                raise
+            logger.exception("request log row %s dropped: even its safe form was refused", rows[0].get("request_id"))
+            self._drop(1)
+            return
+        Counters.rewritten_rows += 1
 
     def _drop(self, count):
         """Count rows given up on."""
@@ -157,6 +197,43 @@ def _copy_rows(rows):
                 copy.write_row(values)
 
 
+def _accepts_writes():
+    """Return whether the database answers and the log table is usable (so a refused batch is the rows' fault)."""
+    try:
+        close_old_connections()
+        with transaction.atomic():
+            RequestLog.objects.filter(pk=-1).exists()
+    except Exception:
+        return False
+    return True
+
+
+@functools.cache
+def _spec():
+    """Return how RequestLog rows are made storable."""
+    return storable.RowSpec([f for f in RequestLog._meta.concrete_fields if f.column != "id"])
+
+
+def safe_form(row, error):
+    """Return a row the database stores whatever row held: the facts that identify it and what went wrong."""
+    request_id = row.get("request_id")
+    created_at = row.get("created_at")
+    safe = {
+        name: row.get(name)
+        for name in ("endpoint", "user", "requested_model", "served_model", "stream", "error_type", "error_message")
+        if isinstance(row.get(name), (str, bool))
+    }
+    safe.update(
+        request_id=request_id if isinstance(request_id, uuid.UUID) else uuid.uuid4(),
+        created_at=created_at if isinstance(created_at, datetime) else datetime.now(UTC),
+        api_key_id=row.get("api_key_id") if isinstance(row.get("api_key_id"), int) else None,
+        outcome=row.get("outcome") if row.get("outcome") in Outcome.values else Outcome.INTERNAL_ERROR,
+        status_code=storable.count(row.get("status_code"), storable.MAX_SMALLINT)[0] or 0,
+        decision={"unstorable_row": {"error": storable.text(error, 500), "row": storable.text(repr(row), 4000)}},
+    )
+    return _spec().row(safe)
+
+
 def write_batch(rows):
     """Insert RequestLog rows and stamp last-used times of their keys, in one transaction."""
     last_used = {}
@@ -169,7 +246,7 @@ def write_batch(rows):
             try:
                 with transaction.atomic():
                     _copy_rows(rows)
-            except IntegrityError:
+            except (IntegrityError, psycopg.IntegrityError):
                 # A retried batch whose first commit did reach the database: skip the rows already there.
                 RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], ignore_conflicts=True)
         else:
@@ -208,13 +285,14 @@ def stats():
         "pending": writer.pending() if writer else 0,
         "written": writer.written if writer else 0,
         "dropped": Counters.dropped_rows,
+        "rewritten": Counters.rewritten_rows,
         "unauthenticated_requests": Counters.unauthenticated,
     }
 
 
 def record(row):
-    """Queue a RequestLog row for writing."""
+    """Queue a RequestLog row for writing, made storable first."""
     writer = _writer
     if writer is None:
         writer = start()
-    writer.submit(row)
+    writer.submit(_spec().row(row))

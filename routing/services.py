@@ -14,13 +14,14 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from routing import adapters, balancer, pricing, request_log, state
+from routing import adapters, balancer, pricing, request_log, runtime, state, storable
 from routing.adapters import CLIENT_FAULT_STATUSES, UpstreamFailure
 from routing.errors import (
     InvalidRequest,
     ModelNotFound,
     NoCapacity,
     PermissionDenied,
+    ServerShutdown,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -78,7 +79,8 @@ def validate_body(body):
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{index}] must be an object.", param=f"messages[{index}]")
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{index}].role"
             )
@@ -303,7 +305,7 @@ class ChatRequest:
     async def complete(self):
         """Return the upstream's Completion (with failover); raise GatewayError on failure."""
         instance, began, completion = await self._failover(
-            lambda inst: adapters.for_instance(inst).complete(inst, self.body)
+            lambda inst: adapters.complete(inst, self.body)
         )
         ms = self._attempt_done(instance, began, "ok", 200)
         self.usage = completion.usage
@@ -314,7 +316,7 @@ class ChatRequest:
         """Start the stream (with failover until a first chunk arrives); return the relay for the client."""
 
         async def first_chunk(inst):
-            chunks = adapters.for_instance(inst).stream(inst, self.body)
+            chunks = adapters.stream(inst, self.body)
             try:
                 return chunks, await anext(chunks)
             except BaseException:
@@ -360,6 +362,14 @@ class ChatRequest:
             verdict = {"ok": False, "detail": "stalled mid-stream" if timed_out else f"broke mid-stream ({exc.kind})"}
             # Headers are already sent: report the failure in-band, as OpenAI does, never as a silent end.
             yield sse(_json_bytes(error.body()))
+        except asyncio.CancelledError:
+            if not runtime.stopping():
+                raise  # the client went away: there is no one left to tell
+            # The server's graceful shutdown ran out mid-stream: end it like any failure after the headers.
+            error = ServerShutdown()
+            outcome = error.outcome
+            self._attempt_done(instance, began, "server_shutdown")
+            yield sse(_json_bytes(error.body()))
         finally:
             self.state.finished(instance.id, **verdict)
             await chunks.aclose()
@@ -368,14 +378,9 @@ class ChatRequest:
             self.record(outcome, status, error)
 
     def _upstream_error(self, failure):
-        """Return the client-facing error for a failure and keep the upstream's own words for the log."""
-        error = failure_to_error(failure)
-        message = failure.message
-        key = self.instance.api_key if self.instance else None
-        if key and len(key) >= 4:
-            message = message.replace(key, "***")  # an upstream may echo the key it refused
-        self.upstream_message = message
-        return error
+        """Return the client-facing error for a failure, keeping the upstream's own words (masked) for the log."""
+        self.upstream_message = failure.message
+        return failure_to_error(failure)
 
     # --- recording ---------------------------------------------------------------------------------------------
 
@@ -384,9 +389,9 @@ class ChatRequest:
         if self._recorded:
             return
         self._recorded = True
-        usage = self.usage or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
+        prompt_tokens, completion_tokens, _, problems = storable.usage(self.usage)
+        if problems:  # served all the same; the row says what the upstream got wrong
+            self.decision["usage_problems"] = problems
         instance = self.instance
         cost = None
         if instance is not None:
@@ -410,14 +415,14 @@ class ChatRequest:
                 "endpoint": self.endpoint,
                 "api_key_id": self.key.pk,
                 "instance_id": instance.id if instance else None,
-                "user": user[:256] if isinstance(user, str) else "",
-                "requested_model": requested[:200] if isinstance(requested, str) else "",
+                "user": user if isinstance(user, str) else "",
+                "requested_model": requested if isinstance(requested, str) else "",
                 "served_model": self.model.name if self.model else "",
                 "stream": self.stream,
                 "outcome": outcome,
                 "status_code": status,
                 "error_type": (error.code or error.error_type) if error is not None else "",
-                "error_message": message[:2000],
+                "error_message": message,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "cost_usd": cost,
@@ -434,14 +439,8 @@ class ChatRequest:
 
 
 def _total_tokens(usage):
-    """Return the total tokens of a usage object, or None."""
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-    return sum(p for p in parts if isinstance(p, int)) or None
+    """Return the total tokens of an upstream's usage object, or None."""
+    return storable.usage(usage)[2]
 
 
 def _json_bytes(value):

@@ -56,6 +56,10 @@ class InstanceConfig:
     drained: bool = False
     breaker_reset_at: float | None = None
 
+    def secrets(self):
+        """Return every credential of this instance, for masking in texts that leave the adapter."""
+        return (self.api_key,)
+
     @property
     def upstream_model(self):
         """Return the model name the upstream itself expects (the litellm string without its provider prefix)."""

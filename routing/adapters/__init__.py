@@ -7,6 +7,10 @@ Two adapters implement it and pass the same conformance tests:
 
 An adapter takes the client's body and an `InstanceConfig`, and either returns a `Completion`, yields
 `StreamChunk`s, or raises `UpstreamFailure`. Timeouts are applied by the caller, the same way for both.
+
+Callers go through `complete`, `stream` and `probe` below, never an adapter directly: they mask the instance's
+secrets in every failure that leaves the seam. Upstreams echo the key they refused ("Incorrect API key provided:
+sk-…"), and a failure's message reaches the client, the SSE error event, the request log, probe results and logs.
 """
 
 import dataclasses
@@ -82,6 +86,55 @@ def retry_after_seconds(value):
     except (TypeError, ValueError):
         return None
     return seconds if seconds >= 0 else None
+
+
+MASK = "***"
+MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary text, and are no secret anyway
+
+
+def mask(text, instance):
+    """Return text with every secret of the instance replaced by `***`."""
+    for secret in instance.secrets():
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _masked(failure, instance):
+    """Return the failure with the instance's secrets masked, and without the exception chain that may hold them."""
+    failure.message = mask(failure.message, instance)
+    failure.args = (failure.message,)
+    failure.__cause__ = None
+    failure.__suppress_context__ = True
+    return failure
+
+
+async def complete(instance, body):
+    """Return the instance's Completion for body; raise UpstreamFailure (secrets masked) on failure."""
+    try:
+        return await for_instance(instance).complete(instance, body)
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
+
+
+async def stream(instance, body):
+    """Yield the instance's StreamChunks for body; raise UpstreamFailure (secrets masked) on failure."""
+    chunks = for_instance(instance).stream(instance, body)
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
+    finally:
+        await chunks.aclose()
+
+
+async def probe(instance):
+    """Check that the instance answers; raise UpstreamFailure (secrets masked) otherwise."""
+    try:
+        await for_instance(instance).probe(instance)
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
 
 
 def uses_passthrough(instance):

@@ -428,8 +428,12 @@ def test_every_response_carries_a_request_id(gateway):
 def test_wrong_methods_answer_in_openai_shape(gateway):
     status, _, body = gateway.request("GET", "/v1/chat/completions")
     assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
-    status, _, body = gateway.request("OPTIONS", "/v1/chat/completions")
-    assert status == 200 and json.loads(body)["name"] == "Chat Completions"
+
+
+def test_options_says_which_methods_and_nothing_about_the_view(gateway):
+    status, headers, body = gateway.request("OPTIONS", "/v1/chat/completions")
+    assert status == 204 and body == b"" and headers["x-request-id"]
+    assert "POST" in headers["Allow"]
 
 
 def test_admin_pages_and_static_files_carry_a_request_id_too(gateway):

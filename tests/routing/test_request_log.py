@@ -60,3 +60,66 @@ def test_an_outage_loses_nothing_and_retries_back_off():
     finally:
         writer.stop()
     assert RequestLog.objects.count() == 2000 and writer.failures == 0
+
+
+HOSTILE_VALUES = [
+    {"user": "nul\x00user"},
+    {"user": "lone\ud800surrogate"},
+    {"requested_model": "\udfffmodel\x00"},
+    {"error_message": "upstream said \x00\ud800"},
+    {"prompt_tokens": -5},
+    {"prompt_tokens": 2**40},
+    {"completion_tokens": "12"},
+    {"completion_tokens": 1.5},
+    {"latency_ms": float("nan")},
+    {"cost_usd": 10**9},
+    {"decision": {"model": {"requested": "a\x00b\ud800"}, "ratio": float("inf"), "k\x00": [1, "\udc80"]}},
+]
+
+
+@pytest.mark.parametrize("fields", HOSTILE_VALUES, ids=lambda f: next(iter(f)))
+def test_a_hostile_value_is_made_storable_when_the_row_is_queued(fields):
+    from routing import request_log
+
+    request_log.start()
+    try:
+        request_log.record(row(**fields))
+        request_log.record(row(user="after"))
+        wait_until(lambda: request_log.stats()["pending"] == 0, message="rows written")
+    finally:
+        request_log.stop()
+    assert RequestLog.objects.count() == 2
+    assert request_log.stats()["dropped"] == 0
+    stored = RequestLog.objects.exclude(user="after").get()
+    # Stored as a whole row, not in the writer's last-resort safe form.
+    assert "unstorable_row" not in stored.decision
+    assert "\x00" not in stored.user + stored.requested_model + stored.error_message
+    (name, value), = fields.items()
+    if name in ("user", "requested_model", "error_message"):
+        assert getattr(stored, name) == value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    elif name != "decision":
+        assert name in stored.decision["unstorable"], "the row says what was wrong"
+
+
+def test_a_row_the_database_refuses_is_isolated_and_every_other_row_is_written():
+    writer = RequestLogWriter(batch_size=500, flush_seconds=0.05)
+    # Submitted as-is (not through record()), so nothing made these storable: the database refuses them.
+    bad = [row(user="nul\x00"), row(prompt_tokens=-5), row(completion_tokens=2**40), row(decision={"x": "\x00"})]
+    good = [row(user=f"good{i}") for i in range(60)]
+    writer.start()
+    try:
+        for item in good[:30] + bad + good[30:]:
+            writer.submit(item)
+        wait_until(lambda: writer.pending() == 0, message="rows written")
+        assert writer.is_alive()
+        writer.submit(row(user="later"))
+        wait_until(lambda: writer.pending() == 0, message="later row written")
+    finally:
+        writer.stop()
+    assert writer.dropped == 0
+    assert RequestLog.objects.filter(user__startswith="good").count() == 60
+    assert RequestLog.objects.filter(user="later").count() == 1
+    rewritten = RequestLog.objects.filter(request_id__in=[b["request_id"] for b in bad])
+    assert rewritten.count() == 4
+    for stored in rewritten:
+        assert "unstorable_row" in stored.decision and stored.decision["unstorable_row"]["error"]
