@@ -123,3 +123,49 @@ def test_a_row_the_database_refuses_is_isolated_and_every_other_row_is_written()
     assert rewritten.count() == 4
     for stored in rewritten:
         assert "unstorable_row" in stored.decision and stored.decision["unstorable_row"]["error"]
+
+
+def test_no_request_can_blind_the_log_through_the_gateway(gateway, fake):
+    """Every poisoning vector found so far, then 20 normal requests: every request has its row, none is dropped."""
+    import json
+
+    from tests.factories import make_key, make_model, wait_for_model
+
+    make_model("vault-poison", [fake])
+    raw = make_key(name="poison")
+    wait_for_model(gateway, raw, "vault-poison")
+    auth = {"Authorization": f"Bearer {raw}", "Content-Type": "application/json"}
+    hello = [{"role": "user", "content": "hi"}]
+
+    def chat(body, headers=auth):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return gateway.request("POST", "/v1/chat/completions", data, headers)[0]
+
+    sent = []
+    for user in ("nul\u0000user", "lone\ud800"):
+        sent.append(chat({"model": "vault-poison", "messages": hello, "user": user}))
+    for model in ("vault\u0000poison", "vault\ud800"):
+        sent.append(chat({"model": model, "messages": hello}))
+    sent.append(chat(b'{"model": "vault-\xed\xa0\x80", "messages": [{"role": "user", "content": "hi"}]}'))
+    for path in ("/v1/models/%00", "/v1/models/%ED%A0%80", "/v1/models/a%00b"):
+        sent.append(gateway.request("GET", path, headers=auth)[0])
+    sent.append(chat({"model": "vault-poison", "messages": hello, "x\u0000": {"api_key": "k"}}))
+    sent.append(chat({"model": "vault-poison", "messages": hello, "tools\ud800": [{"api_base": "http://x"}]}))
+    for bad in (-5, 2**40, "12", 1.5):
+        fake.set_config(usage={"prompt_tokens": bad})
+        sent.append(chat({"model": "vault-poison", "messages": hello}))
+        sent.append(chat({"model": "vault-poison", "messages": hello, "stream": True}))
+    fake.reset_config()
+    assert all(status < 500 for status in sent), sent
+    assert sent[-8:] == [200] * 8, "a malformed usage from the upstream never fails a served response"
+    for _ in range(20):
+        assert chat({"model": "vault-poison", "messages": hello}) == 200
+
+    key_rows = RequestLog.objects.filter(api_key__name="poison")
+    expected = len(sent) + 20 + 1  # and the wait_for_model listing
+    wait_until(lambda: key_rows.count() >= expected, message=f"{expected} rows")
+    assert key_rows.count() == expected
+    assert gateway.health()["request_log"]["dropped"] == 0
+    assert not key_rows.filter(decision__has_key="unstorable_row").exists(), "every row stored whole"
+    usage_rows = key_rows.filter(decision__has_key="usage_problems")
+    assert usage_rows.count() == 8 and not usage_rows.exclude(outcome="ok").exists()
