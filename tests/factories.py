@@ -85,15 +85,30 @@ def set_instance(gateway, instance_id, **fields):
     wait_for_reload(gateway)
 
 
+def _stats_key():
+    """Return the Authorization header of a new admin key, for the load-balancer stats."""
+    return {"Authorization": f"Bearer {make_key(name='stats', is_admin=True)}"}
+
+
+def _breaker_states(gateway, headers):
+    """Return {instance id: breaker state} from the load-balancer stats, or None while the key is not accepted yet."""
+    status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
+    if status != 200:
+        return None
+    return {i["id"]: i["state"] for m in json.loads(body)["models"] for i in m["instances"]}
+
+
+def breaker_states(gateway):
+    """Return {instance id: breaker state} from the gateway's load-balancer stats."""
+    headers = _stats_key()
+    return wait_until(lambda: _breaker_states(gateway, headers), timeout=10, message="load-balancer stats")
+
+
 def wait_until_open(gateway, instance_id):
     """Wait until the gateway's load-balancer stats show the instance's breaker open."""
-    headers = {"Authorization": f"Bearer {make_key(name='stats', is_admin=True)}"}
-
-    def is_open():
-        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
-        if status != 200:
-            return False
-        entries = [i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == instance_id]
-        return bool(entries) and entries[0]["state"] == "open"
-
-    wait_until(is_open, timeout=10, message=f"breaker of {instance_id} open")
+    headers = _stats_key()
+    wait_until(
+        lambda: (_breaker_states(gateway, headers) or {}).get(instance_id) == "open",
+        timeout=10,
+        message=f"breaker of {instance_id} open",
+    )
