@@ -4,6 +4,7 @@ This is the only module that reads the process environment (through django-envir
 `django.conf.settings`. Every variable is listed, with its default, in `.env.example` and the README.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "axes",
     "routing.apps.RoutingConfig",
     "experiments.apps.ExperimentsConfig",
 ]
@@ -50,6 +52,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a refused admin sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # The admin shows a new API key once, in a message: keep it in the session, not in a cookie.
@@ -80,6 +84,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="test_chatvault")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-axes first: it refuses a locked-out sign-in before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -140,6 +150,25 @@ CHATVAULT_LOG_FLUSH_SECONDS = env.float("CHATVAULT_LOG_FLUSH_SECONDS", default=0
 CHATVAULT_SERVE_STATIC = env.bool("CHATVAULT_SERVE_STATIC", default=True)
 # Upstream secrets written as `os.environ/NAME` are resolved from this process's environment at snapshot time.
 CHATVAULT_UPSTREAM_ENV = env.ENVIRON
+
+# --- Admin login lockout (django-axes) ----------------------------------------------------------------------------
+# Failed admin sign-ins are counted in the database (so every worker sees them) per username and, separately, per
+# client address (REMOTE_ADDR: behind a proxy, have the ASGI server set it from X-Forwarded-For, see the README).
+CHATVAULT_LOGIN_FAILURE_LIMIT = env.int("CHATVAULT_LOGIN_FAILURE_LIMIT", default=5)
+if not 1 <= CHATVAULT_LOGIN_FAILURE_LIMIT <= 10:
+    raise ImproperlyConfigured("CHATVAULT_LOGIN_FAILURE_LIMIT must be between 1 and 10.")
+CHATVAULT_LOGIN_LOCKOUT_MINUTES = env.int("CHATVAULT_LOGIN_LOCKOUT_MINUTES", default=15)
+if CHATVAULT_LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("CHATVAULT_LOGIN_LOCKOUT_MINUTES must be at least 1.")
+AXES_FAILURE_LIMIT = CHATVAULT_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=CHATVAULT_LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# The lockout ends a fixed time after the failure that caused it; refused attempts meanwhile do not extend it.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Left off on purpose: a success would also clear its address's failures for other usernames, so anyone with one
+# valid account could keep guessing another's password.
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "routing.admin.login_lockout_response"
 
 # --- Celery beat --------------------------------------------------------------------------------------------------
 # Beat only ticks; each instance's probe interval (RoutingSettings.health_check_interval_seconds) is enforced by

@@ -14,9 +14,11 @@ import time
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -39,6 +41,17 @@ from routing.models import (
 admin.site.site_header = "ChatVault administration"
 admin.site.site_title = "ChatVault admin"
 admin.site.index_title = "Gateway configuration"
+
+
+def login_lockout_response(request, original_response=None, credentials=None):
+    """Return the page a locked-out admin sign-in gets (django-axes' AXES_LOCKOUT_CALLABLE)."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Sign-in locked",
+        "lockout_minutes": settings.CHATVAULT_LOGIN_LOCKOUT_MINUTES,
+    }
+    return render(request, "admin/login_locked.html", context, status=429)
+
 
 API_KEY_HELP = (
     "Leave blank to keep the current key. Use os.environ/NAME to read it from the gateway's environment. "
