@@ -19,6 +19,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
+from routing import runtime
 from routing.middleware import request_id_middleware
 
 # Paths served by async views that never use the database.
@@ -44,7 +45,15 @@ class APIHandler(ASGIHandler):
         self._middleware_chain = convert_exception_to_response(request_id_middleware(handler))
 
     async def handle(self, scope, receive, send):
-        """Serve one request like Django does, minus the thread hops."""
+        """Serve one request like Django does, minus the thread hops; count it in flight for the shutdown."""
+        runtime.request_started()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            runtime.request_finished()
+
+    async def _serve(self, scope, receive, send):
+        """Run the view, cancelling it if the client leaves or the server's graceful shutdown runs out."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -68,7 +77,14 @@ class APIHandler(ASGIHandler):
         # As in Django: watch for a disconnect while the view runs, and cancel the view if it comes first.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         processor = asyncio.create_task(process_request())
-        await asyncio.wait((listener, processor), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((listener, processor), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Only the server cancels this handler (a client leaving is seen by the listener), and only when its
+            # graceful shutdown has run out: cancel the view too, so that it answers and records that, instead
+            # of running on unseen while the worker stops.
+            runtime.stop_serving()
+            asyncio.current_task().uncancel()
         for task in (listener, processor):
             if task.done():
                 try:

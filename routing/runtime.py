@@ -2,6 +2,11 @@
 
 Driven by the ASGI lifespan protocol (see `chatvault_site.asgi`), so uvicorn's graceful shutdown on SIGTERM waits
 for in-flight requests and then writes every queued RequestLog row before the process exits.
+
+uvicorn waits `--timeout-graceful-shutdown` seconds for in-flight requests, then cancels the rest and starts the
+lifespan shutdown without waiting for them. The API handler turns that cancellation into `stop_serving()`, so each
+such request answers "server shutting down" and records its row; `shutdown()` waits for them before it stops the
+log writer.
 """
 
 import asyncio
@@ -15,14 +20,36 @@ from routing import request_log, snapshot, state
 
 logger = logging.getLogger(__name__)
 
-_state = {"refresher": None, "started": False, "maintenance": None}
+_state = {"refresher": None, "started": False, "maintenance": None, "in_flight": 0, "stopping": False}
 MAINTENANCE_SECONDS = 0.2
+# How long shutdown waits for requests cancelled by the server to answer and record themselves.
+DRAIN_SECONDS = 5.0
 _lock = None
 
 
 def started():
     """Return whether this worker has loaded its snapshot and started its threads."""
     return _state["started"]
+
+
+def request_started():
+    """Count an API request in flight."""
+    _state["in_flight"] += 1
+
+
+def request_finished():
+    """Count an API request done."""
+    _state["in_flight"] -= 1
+
+
+def stop_serving():
+    """Note that the server is cancelling the requests its graceful shutdown left: they answer accordingly."""
+    _state["stopping"] = True
+
+
+def stopping():
+    """Return whether the server is cancelling in-flight requests because it is shutting down."""
+    return _state["stopping"]
 
 
 def _check_migrated():
@@ -84,10 +111,20 @@ async def _maintain():
             logger.exception("routing state maintenance failed")
 
 
+async def _drain_requests():
+    """Wait (at most DRAIN_SECONDS) until no API request is in flight, so that each has recorded its row."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while _state["in_flight"] > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if _state["in_flight"] > 0:
+        logger.error("%d request(s) still in flight at shutdown; their log rows may be lost", _state["in_flight"])
+
+
 async def shutdown():
-    """Stop this worker: write every queued log row and close upstream connections."""
+    """Stop this worker: let in-flight requests finish, write every queued log row, close upstream connections."""
     from routing.adapters import openai_compat
 
+    await _drain_requests()
     refresher = _state["refresher"]
     if refresher is not None:
         refresher.stop()

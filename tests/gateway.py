@@ -55,8 +55,11 @@ class Gateway:
         self._finalizer = weakref.finalize(self, terminate, process, 15)
 
     @classmethod
-    def start(cls, database_url, **settings):
-        """Start `uvicorn chatvault_site.asgi:application` with settings given as environment variables."""
+    def start(cls, database_url, *, access_log=False, graceful_timeout=20, **settings):
+        """Start `uvicorn chatvault_site.asgi:application` with settings given as environment variables.
+
+        access_log turns uvicorn's access log on; graceful_timeout is its `--timeout-graceful-shutdown` (seconds).
+        """
         port = free_port()
         env = dict(os.environ)
         env.update(
@@ -68,7 +71,9 @@ class Gateway:
         env.update({name.upper(): str(value) for name, value in settings.items()})
         log_file = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
         command = [sys.executable, "-m", "uvicorn", "chatvault_site.asgi:application", "--host", HOST,
-                   "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "20"]  # fmt: skip
+                   "--port", str(port), "--timeout-graceful-shutdown", str(graceful_timeout)]  # fmt: skip
+        if not access_log:
+            command.append("--no-access-log")
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
         gateway = cls(process, port, log_file)
