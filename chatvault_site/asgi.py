@@ -1,8 +1,10 @@
 """ASGI entry point: `chatvault_site.asgi:application`.
 
-Routes the API paths to `APIHandler` (no thread hops, see chatvault_site/handlers.py) and everything else (admin)
-to Django's own handler, and adds the lifespan protocol Django lacks, so each worker loads its routing snapshot
-before serving and flushes its request log on graceful shutdown.
+Reads each request's body first, bounded by CHATVAULT_MAX_BODY_BYTES, whatever the path; routes the API paths to
+`APIHandler` (no thread hops, see chatvault_site/handlers.py) and everything else (admin) to Django's own handler;
+and adds the lifespan protocol Django lacks, so each worker loads its routing snapshot before serving and flushes
+its request log on graceful shutdown.
+
 """
 
 import os
@@ -16,7 +18,7 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (importable only once Django is set up)
 
-from chatvault_site.handlers import APIHandler, is_api_path  # noqa: E402
+from chatvault_site.handlers import APIHandler, is_api_path, read_limited_body  # noqa: E402
 from routing import runtime  # noqa: E402
 
 api_application = APIHandler()
@@ -32,9 +34,13 @@ async def application(scope, receive, send):
     if scope["type"] == "lifespan":
         await runtime.lifespan(receive, send)
         return
-    if scope["type"] == "http" and is_api_path(scope["path"]):
-        await api_application(scope, receive, send)
-        return
+    if scope["type"] == "http":
+        receive = await read_limited_body(scope, receive, send)
+        if receive is None:
+            return  # answered already (413), or the client left
+        if is_api_path(scope["path"]):
+            await api_application(scope, receive, send)
+            return
     await django_application(scope, receive, _with_request_id(send))
 
 

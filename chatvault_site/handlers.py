@@ -10,27 +10,104 @@ The API views are async, authenticate from the snapshot and never touch the data
 and closes the response inline (its `request_finished` receivers find no connection on the loop's thread). The admin
 keeps Django's handler and full middleware stack, and so do the operator endpoints under `/v1/admin/`: they accept a
 staff session, which needs the session and authentication middleware, and they are not on the hot path.
+
+Every request's body is read first by `read_limited_body`, which refuses one larger than CHATVAULT_MAX_BODY_BYTES
+before reading it, and before authentication (Django's own `read_body` would spool any size to a temporary file).
 """
 
 import asyncio
+import io
+import json
+import uuid
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
 from routing import runtime
+from routing.errors import PayloadTooLarge
 from routing.middleware import request_id_middleware
 
 # Paths served by async views that never use the database.
 API_PREFIXES = ("/v1/", "/healthz")
 # Under /v1/ but served by Django's handler (session authentication, a database query).
 ADMIN_API_PREFIX = "/v1/admin/"
+# Takes no body: one sent to it is never read.
+HEALTH_PATH = "/healthz"
 
 
 def is_api_path(path):
     """Return whether the API handler serves this path."""
     return path.startswith(API_PREFIXES) and not path.startswith(ADMIN_API_PREFIX)
+
+
+def _content_length(scope):
+    """Return the request's declared Content-Length, or None (chunked, absent or unreadable)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def read_limited_body(scope, receive, send):
+    """Read the request body into memory; return a receive callable that replays it to the handler.
+
+    A body larger than CHATVAULT_MAX_BODY_BYTES is answered with 413 before any more of it is read: at once when
+    its Content-Length says so, else as soon as the chunks read add up to more. Return None when the request has
+    been answered that way, or when the client left.
+    """
+    limit = settings.CHATVAULT_MAX_BODY_BYTES
+    length = _content_length(scope)
+    if length is not None and length > limit:
+        await send_error(send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
+        return None
+    if scope["path"] == HEALTH_PATH:
+        return _replay(b"", _body_left_unread)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await send_error(send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return _replay(chunks[0] if len(chunks) == 1 else b"".join(chunks), receive)
+
+
+def _replay(body, receive):
+    """Return a receive callable that gives body as the whole request, then defers to receive (disconnects)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+async def _body_left_unread():
+    """Receive nothing, ever: the next message would be the body we leave unread (the handler cancels this)."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def send_error(send, error):
+    """Answer with a GatewayError before any handler ran, and close the connection (its body is left unread)."""
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", str(uuid.uuid4()).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class APIHandler(ASGIHandler):
@@ -43,6 +120,18 @@ class APIHandler(ASGIHandler):
         self._exception_middleware = []
         handler = convert_exception_to_response(self._get_response_async)
         self._middleware_chain = convert_exception_to_response(request_id_middleware(handler))
+
+    async def read_body(self, receive):
+        """Return the request body as an in-memory file: `read_limited_body` has bounded it already."""
+        body_file = io.BytesIO()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            body_file.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                body_file.seek(0)
+                return body_file
 
     async def handle(self, scope, receive, send):
         """Serve one request like Django does, minus the thread hops; count it in flight for the shutdown."""
