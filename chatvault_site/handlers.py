@@ -6,10 +6,10 @@ do the `request_started` receivers and `response.close()`. Inside the per-reques
 means a new thread per request; profiling showed the thread churn and GIL hand-offs dominating the gateway's CPU.
 
 The API views are async, authenticate from the snapshot and never touch the database, so they need none of that:
-`APIHandler` gives them a middleware chain of their own (request id only), skips the database housekeeping signal,
-and closes the response inline (its `request_finished` receivers find no connection on the loop's thread). The admin
-keeps Django's handler and full middleware stack, and so do the operator endpoints under `/v1/admin/`: they accept a
-staff session, which needs the session and authentication middleware, and they are not on the hot path.
+`APIHandler` gives them a middleware chain of their own (request id, Host check), skips the database housekeeping
+signal, and closes the response inline (its `request_finished` receivers find no connection on the loop's thread).
+The admin keeps Django's handler and full middleware stack, and so do the operator endpoints under `/v1/admin/`: they
+accept a staff session, which needs the session and authentication middleware, and they are not on the hot path.
 
 Every request's body is read first by `read_limited_body`, which refuses one larger than CHATVAULT_MAX_BODY_BYTES
 before reading it, and before authentication (Django's own `read_body` would spool any size to a temporary file).
@@ -28,7 +28,7 @@ from django.urls import set_script_prefix
 
 from routing import runtime
 from routing.errors import PayloadTooLarge
-from routing.middleware import request_id_middleware
+from routing.middleware import allowed_host_middleware, request_id_middleware
 
 # Paths served by async views that never use the database.
 API_PREFIXES = ("/v1/", "/healthz")
@@ -114,11 +114,12 @@ class APIHandler(ASGIHandler):
     """Serve the API paths on the event loop only."""
 
     def load_middleware(self, is_async=False):
-        """Build this handler's own chain: request id middleware only, instead of settings.MIDDLEWARE."""
+        """Build this handler's own chain (request id, Host check) instead of settings.MIDDLEWARE."""
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
         handler = convert_exception_to_response(self._get_response_async)
+        handler = convert_exception_to_response(allowed_host_middleware(handler))
         self._middleware_chain = convert_exception_to_response(request_id_middleware(handler))
 
     async def read_body(self, receive):

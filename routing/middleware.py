@@ -1,4 +1,5 @@
-"""Middleware giving every response an `x-request-id` (the id its RequestLog row carries)."""
+"""Middleware of the API handler's own chain: an `x-request-id` on every response (the id its RequestLog row
+carries), and the Host check Django's CommonMiddleware does for the admin."""
 
 import uuid
 
@@ -29,3 +30,17 @@ def request_id_middleware(get_response):
 
 request_id_middleware.sync_capable = True
 request_id_middleware.async_capable = True
+
+
+def allowed_host_middleware(get_response):
+    """Refuse a request whose Host is not in ALLOWED_HOSTS: `get_host()` raises DisallowedHost, answered with 400."""
+
+    async def middleware(request):
+        request.get_host()
+        return await get_response(request)
+
+    return middleware
+
+
+allowed_host_middleware.sync_capable = False
+allowed_host_middleware.async_capable = True

@@ -161,3 +161,13 @@ def test_a_chunked_body_under_the_limit_reaches_the_api_whole(edge):
     # The model it names is unknown: the body was read whole and parsed.
     assert status == 404 and json.loads(answer)["error"]["code"] == "model_not_found", answer
     assert os.listdir(edge.tmpdir) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions", "/healthz"])
+def test_a_host_not_in_allowed_hosts_is_refused_by_the_api(edge, path):
+    status, headers, body = edge.request("GET", path, headers={"Host": "evil.example"})
+    assert status == 400 and uuid.UUID(headers["x-request-id"]), edge.log()[-4000:]
+    if path.startswith("/v1/"):
+        assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+    status, _, _ = edge.request("GET", path, headers={"Host": f"localhost:{edge.port}"})
+    assert status != 400
