@@ -18,15 +18,13 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (importable only once Django is set up)
 
-from chatvault_site.handlers import APIHandler, is_api_path, read_limited_body  # noqa: E402
+from chatvault_site.handlers import APIHandler, StaticFilesHandler, is_api_path, read_limited_body  # noqa: E402
 from routing import runtime  # noqa: E402
 
 api_application = APIHandler()
 
 if settings.CHATVAULT_SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    django_application = ASGIStaticFilesHandler(django_application)
+    django_application = StaticFilesHandler(django_application)
 
 
 async def application(scope, receive, send):

@@ -1,4 +1,5 @@
-"""An ASGI handler for the API paths that never leaves the event loop's thread.
+"""The gateway's ASGI handlers: one for the API paths that never leaves the event loop's thread, Django's static
+files handler made safe, and the request body limit both paths share.
 
 Under Django's `ASGIHandler`, every request runs sync code through `sync_to_async`: each `MiddlewareMixin`
 middleware (session, auth, CSRF, messages, …) hops to a thread for `process_request` and `process_response`, and so
@@ -21,9 +22,11 @@ import json
 import uuid
 
 from django.conf import settings
-from django.core.exceptions import RequestAborted
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import RequestAborted, SuspiciousOperation
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.http import Http404
 from django.urls import set_script_prefix
 
 from routing import runtime
@@ -193,3 +196,14 @@ class APIHandler(ASGIHandler):
         if not processor.cancelled():
             processor.result().close()
         body_file.close()
+
+
+class StaticFilesHandler(ASGIStaticFilesHandler):
+    """Django's static file handler, answering 404 to a path that points outside the static files."""
+
+    def serve(self, request):
+        """Serve the file; raise Http404 for a path Django finds suspicious (`..` and the like) instead of a 500."""
+        try:
+            return super().serve(request)
+        except SuspiciousOperation:
+            raise Http404("No such static file.") from None

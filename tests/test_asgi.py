@@ -171,3 +171,12 @@ def test_a_host_not_in_allowed_hosts_is_refused_by_the_api(edge, path):
         assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
     status, _, _ = edge.request("GET", path, headers={"Host": f"localhost:{edge.port}"})
     assert status != 400
+
+
+@pytest.mark.parametrize(
+    "path", ["/static/../manage.py", "/static/%2e%2e/manage.py", "/static/admin/%00.css", "/static/%00"]
+)
+def test_a_bad_static_path_is_a_client_error_with_a_request_id(edge, path):
+    status, headers, body = edge.request("GET", path)
+    assert 400 <= status < 500 and uuid.UUID(headers["x-request-id"])
+    assert b"DJANGO_SETTINGS_MODULE" not in body
