@@ -4,9 +4,9 @@ Reads each request's body first, bounded by CHATVAULT_MAX_BODY_BYTES, whatever t
 `APIHandler` (no thread hops, see chatvault_site/handlers.py) and everything else (admin) to Django's own handler;
 and adds the lifespan protocol Django lacks, so each worker loads its routing snapshot before serving and flushes
 its request log on graceful shutdown.
-
 """
 
+import logging
 import os
 import uuid
 
@@ -25,6 +25,21 @@ api_application = APIHandler()
 
 if settings.CHATVAULT_SERVE_STATIC:
     django_application = StaticFilesHandler(django_application)
+
+
+class WithoutQueryString(logging.Filter):
+    """Log request paths without their query strings: a client may put its key there (`?api_key=…`)."""
+
+    def filter(self, record):
+        """Cut the query string off the path argument of uvicorn's access log line."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+# uvicorn has configured its loggers by the time it imports this module.
+logging.getLogger("uvicorn.access").addFilter(WithoutQueryString())
 
 
 async def application(scope, receive, send):

@@ -180,3 +180,11 @@ def test_a_bad_static_path_is_a_client_error_with_a_request_id(edge, path):
     status, headers, body = edge.request("GET", path)
     assert 400 <= status < 500 and uuid.UUID(headers["x-request-id"])
     assert b"DJANGO_SETTINGS_MODULE" not in body
+
+
+def test_the_access_log_leaves_query_strings_out(edge):
+    secret = f"sk-secret-{uuid.uuid4().hex}"
+    status, _, _ = edge.request("GET", f"/v1/models?api_key={secret}")
+    assert status == 401
+    wait_until(lambda: '"GET /v1/models HTTP/1.1" 401' in edge.log(), message="the request in the access log")
+    assert secret not in edge.log()
