@@ -95,20 +95,35 @@ async def startup():
 
 
 async def _maintain():
-    """Keep the routing state current: new snapshot policy, operator resets, active health-check results."""
+    """Keep the routing state current: new snapshot policy, operator resets, active health-check results.
+
+    A failure is logged once when it starts and once when maintenance works again, not on every round.
+    """
     routing_state = state.get()
+    failing = False
     while True:
         await asyncio.sleep(MAINTENANCE_SECONDS)
         try:
-            snap = snapshot.current()
-            if snap is not None and routing_state.applied is not snap:
-                routing_state.apply_snapshot(snap)
-            while snapshot.probe_results:
-                instance_id, ok, _checked_at, detail = snapshot.probe_results.popleft()
-                # Fed at the time they arrive: breaker cooldowns and the results window run on the present.
-                routing_state.observe(instance_id, ok=ok, now=time.time(), detail=detail)
+            _maintain_once(routing_state)
         except Exception:  # keep maintaining; one bad record must not stop health tracking
-            logger.exception("routing state maintenance failed")
+            if not failing:
+                logger.exception("routing state maintenance failed (logged again only once it recovers)")
+                failing = True
+            continue
+        if failing:
+            logger.warning("routing state maintenance recovered")
+            failing = False
+
+
+def _maintain_once(routing_state):
+    """Apply a new snapshot's policy and feed the probe results that arrived to the breakers."""
+    snap = snapshot.current()
+    if snap is not None and routing_state.applied is not snap:
+        routing_state.apply_snapshot(snap)
+    while snapshot.probe_results:
+        instance_id, ok, _checked_at, detail = snapshot.probe_results.popleft()
+        # Fed at the time they arrive: breaker cooldowns and the results window run on the present.
+        routing_state.observe(instance_id, ok=ok, now=time.time(), detail=detail)
 
 
 async def _drain_requests():

@@ -1,13 +1,14 @@
-"""The worker lifecycle in-process: shutdown waits for requests still finishing."""
+"""The worker lifecycle in-process: shutdown waits for requests still finishing; maintenance faults log quietly."""
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from routing import request_log, runtime
+from routing import request_log, runtime, snapshot
 from routing.models import RequestLog
 
 
@@ -46,3 +47,25 @@ def test_shutdown_gives_up_waiting_for_a_request_that_never_finishes(monkeypatch
     finally:
         runtime.request_finished()
     assert "1 request(s) still in flight at shutdown" in caplog.text
+
+
+def test_a_lasting_maintenance_fault_is_logged_when_it_starts_and_when_it_ends(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "MAINTENANCE_SECONDS", 0.005)
+    caplog.set_level(logging.WARNING, logger="routing.runtime")
+
+    async def scenario():
+        maintainer = asyncio.create_task(runtime._maintain())
+        # A bad record fails one round, and each round takes one: twenty rounds in a row fail, then all is well.
+        snapshot.probe_results.extend([("bad record",)] * 20)
+        while snapshot.probe_results:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        maintainer.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        snapshot.probe_results.clear()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "routing.runtime"]
+    assert [level for level, _ in messages] == ["ERROR", "WARNING"]
+    assert "maintenance failed" in messages[0][1] and "recovered" in messages[1][1]
