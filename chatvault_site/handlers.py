@@ -39,6 +39,8 @@ API_PREFIXES = ("/v1/", "/healthz")
 ADMIN_API_PREFIX = "/v1/admin/"
 # Takes no body: one sent to it is never read.
 HEALTH_PATH = "/healthz"
+# How long the rest of a refused body is read (and thrown away) so that the client gets to read the answer.
+LINGER_SECONDS = 10.0
 
 
 def is_api_path(path):
@@ -64,7 +66,7 @@ async def read_limited_body(scope, receive, send):
     limit = settings.CHATVAULT_MAX_BODY_BYTES
     length = _content_length(scope)
     if length is not None and length > limit:
-        await send_error(send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
+        await _refuse(receive, send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
         return None
     if scope["path"] == HEALTH_PATH:
         return _replay(b"", _body_left_unread)
@@ -76,7 +78,7 @@ async def read_limited_body(scope, receive, send):
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            await send_error(send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
+            await _refuse(receive, send, PayloadTooLarge(f"Request body exceeds {limit} bytes."))
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -100,17 +102,30 @@ async def _body_left_unread():
     await asyncio.get_running_loop().create_future()
 
 
-async def send_error(send, error):
-    """Answer with a GatewayError before any handler ran, and close the connection (its body is left unread)."""
+async def _refuse(receive, send, error):
+    """Answer with error before any handler ran, then let the client finish sending (its body thrown away).
+
+    Most clients send the whole body before they read the answer: closing the connection under one that is still
+    sending would reset it, and it would never see the answer. So the response is written in full at once, and
+    only marked complete (letting uvicorn close the connection) once the body is in, or after LINGER_SECONDS.
+    """
     body = json.dumps(error.body()).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", str(uuid.uuid4()).encode()),
-        (b"connection", b"close"),
     ]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        pass
+    await send({"type": "http.response.body", "body": b""})
 
 
 class APIHandler(ASGIHandler):

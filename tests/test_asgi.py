@@ -138,6 +138,13 @@ def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_bod
     assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
 
 
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_413_too(edge):
+    """Like most clients, urllib sends all of the body first (and asks to close the connection after the answer)."""
+    status, headers, body = edge.request("POST", "/v1/chat/completions", b"x" * (16 * MiB))
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    assert uuid.UUID(headers["x-request-id"])
+
+
 def test_healthz_does_not_read_a_posted_body(edge):
     with socket.create_connection((HOST, edge.port)) as sock:
         # Announce a body and never send it: a handler that waited for it would never answer.
