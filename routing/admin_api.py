@@ -2,24 +2,78 @@
 
 These are served by Django's full handler (see `chatvault_site.handlers.is_api_path`), not the lean API handler,
 because a staff member's browser session must work as well as an admin API key; errors still come in OpenAI's shape.
+
+Operators look here most when something is down, so the endpoint never waits long on the database: its two reads
+(a staff session, the latest probes) each get DATABASE_WAIT_SECONDS, on threads of their own that a hung query may
+keep, and then the endpoint answers without them.
 """
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
+from django.contrib.auth import get_user
+from django.db import DatabaseError, close_old_connections
 from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 
 from routing import state
 from routing.api import GatewayView, authenticate_request, current_snapshot
-from routing.errors import AuthenticationFailed, PermissionDenied
+from routing.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from routing.health import OPEN
 from routing.models import InstanceProbe
 
 logger = logging.getLogger(__name__)
+
+# The longest the endpoint waits for one database read before it answers without it.
+DATABASE_WAIT_SECONDS = 1.0
+# Not Django's per-request thread, nor the loop's default executor (DNS lookups for upstream calls): a query hung in
+# a network partition or on a lock keeps its thread until it ends, so it must only ever hold one of these.
+_database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-api-db")
+# Names of the reads whose last try failed: an outage is logged when it starts and when it ends, not on every call.
+_failing_reads = set()
+
+
+class DatabaseUnavailable(GatewayError):
+    """The database failed or did not answer in time; as an answer, it means a staff session cannot be checked."""
+
+    status_code = 503
+    default_detail = "The database is not answering, so a staff session cannot be checked; an admin API key works."
+    default_code = "database_unavailable"
+
+
+def _as_a_request(func):
+    """Wrap a database read to run on its own thread like a request: stale connections are dropped around it."""
+
+    def run(*args):
+        close_old_connections()
+        try:
+            return func(*args)
+        finally:
+            close_old_connections()
+
+    return run
+
+
+async def read_database(func, *args):
+    """Return func(*args) run on an abandonable thread; raise DatabaseUnavailable if it fails or takes too long."""
+    name = func.__name__
+    read = sync_to_async(_as_a_request(func), thread_sensitive=False, executor=_database_threads)
+    try:
+        result = await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
+    except (DatabaseError, TimeoutError) as exc:
+        if name not in _failing_reads:
+            _failing_reads.add(name)
+            reason = f"no answer within {DATABASE_WAIT_SECONDS:g} s" if isinstance(exc, TimeoutError) else exc
+            logger.warning("admin endpoints go on without %s from the database until it answers: %s", name, reason)
+        raise DatabaseUnavailable() from exc
+    if name in _failing_reads:
+        _failing_reads.discard(name)
+        logger.warning("admin endpoints read %s from the database again", name)
+    return result
 
 
 def _iso(epoch_seconds):
@@ -66,14 +120,14 @@ async def load_balancer_stats(*, snapshot, routing_state, now):
     """Return every model's strategy and the live state of each of its instances.
 
     Only the latest probes come from the database (one query, off the event loop); the rest is read from the
-    snapshot and this worker's routing state, on the event loop that owns it. Without the database, `last_probe` is
-    null: breaker states matter most during an outage, so they are still shown.
+    snapshot and this worker's routing state, on the event loop that owns it. Without the database (or when it does
+    not answer within DATABASE_WAIT_SECONDS), `last_probe` is null: breaker states matter most during an outage, so
+    they are still shown.
     """
     ids = [inst.id for model in snapshot.models.values() for inst in model.instances]
     try:
-        probes = await sync_to_async(latest_probes)(ids) if ids else {}
-    except DatabaseError:
-        logger.warning("load balancer stats without probe results: the database is unreachable", exc_info=True)
+        probes = await read_database(latest_probes, ids) if ids else {}
+    except DatabaseUnavailable:
         probes = {}
     return {
         "models": [
@@ -102,7 +156,8 @@ async def _authorize(request, snap):
                 code="admin_key_required",
             )
         return
-    user = await request.auser()
+    # The session and its user are database reads: Django's own `auser()` would wait on them without a bound.
+    user = await read_database(get_user, request._request)
     if not user.is_authenticated:
         raise AuthenticationFailed(
             "Send an admin API key ('Authorization: Bearer <key>') or sign in to the admin as staff.",

@@ -1,12 +1,16 @@
 """End-to-end tests of `GET /v1/admin/load-balancer/stats` against a live ChatVault process and live fake providers:
-who may call it, what it shows, and that draining and breaker resets reach the workers."""
+who may call it, what it shows, that it answers quickly when the database does not, and that draining and breaker
+resets reach the workers."""
 
+import contextlib
 import json
 import threading
+import time
 from datetime import datetime, timedelta
 
 import httpx
 import openai
+import psycopg
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -226,6 +230,64 @@ def test_it_shows_the_latest_probe(lb, gateway):
     probe = instance_entry(stats, first)["last_probe"]
     assert probe == {"at": now.isoformat(), "ok": False, "latency_ms": 40.0, "error": "HTTP 503"}
     assert instance_entry(stats, second)["last_probe"] is None
+
+
+# --- when the database does not answer ---------------------------------------------------------------------------
+
+# The endpoint waits about 1 s for the database; the bound leaves room for a busy test machine.
+QUICKLY = 2.0
+
+
+@contextlib.contextmanager
+def table_locked(database_url, table):
+    """Hold an exclusive lock on a table from a connection of our own, so that every query on it waits."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def timed(call):
+    """Return (call's result, seconds it took)."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_it_answers_quickly_without_probes_while_the_probe_table_is_locked(lb, gateway, database_url):
+    raw, model = lb
+    first = model.instance_ids[0]
+    InstanceProbe.objects.create(instance_id=first, checked_at=timezone.now(), ok=True, latency_ms=12)
+    assert instance_entry(get_stats(gateway, raw)[2], first)["last_probe"]["ok"] is True
+    warning = "admin endpoints go on without latest_probes from the database"
+    warnings_before = gateway.log().count(warning)
+
+    with table_locked(database_url, "routing_instanceprobe"):
+        for _ in range(2):
+            (status, _, stats), seconds = timed(lambda: get_stats(gateway, raw))
+            assert status == 200 and seconds < QUICKLY
+            entry = instance_entry(stats, first)
+            assert entry["last_probe"] is None and entry["state"] == "closed"
+
+    assert gateway.log().count(warning) == warnings_before + 1  # once for the outage, not once per call
+    wait_until(lambda: instance_entry(get_stats(gateway, raw)[2], first)["last_probe"], message="probes shown again")
+    wait_until(lambda: "admin endpoints read latest_probes from the database again" in gateway.log(), message="log")
+
+
+def test_a_staff_session_gets_a_quick_503_while_sessions_are_locked(lb, gateway, database_url, django_user_model):
+    user = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
+    django_client = Client()
+    django_client.force_login(user)
+    with http_client(gateway) as client:
+        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+        assert client.get(STATS).status_code == 200
+        with table_locked(database_url, "django_session"):
+            response, seconds = timed(lambda: client.get(STATS))
+        assert response.status_code == 503 and seconds < QUICKLY
+        assert response.json()["error"]["code"] == "database_unavailable"
+        wait_until(lambda: client.get(STATS).status_code == 200, message="the session is read again")
 
 
 # --- operator actions reach the workers ---------------------------------------------------------------------------
