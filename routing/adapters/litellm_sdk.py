@@ -3,11 +3,19 @@
 Known OpenAI parameters are passed to `litellm.acompletion` as keyword arguments; every other field of the client's
 body goes in `extra_body`, so a client can never set litellm's own keyword arguments (credentials, callbacks,
 `custom_llm_provider`, mock responses, …).
+
+Upstream redirects are never followed: a 307 would replay the request, upstream key included, to whatever host the
+upstream names. litellm's own HTTP clients follow them, so it is given clients that do not (see `_litellm`), and a
+3xx answer is an upstream failure like a 5xx.
 """
 
+import asyncio
 import functools
 import json
 import os
+import weakref
+
+import httpx
 
 from routing.adapters import Completion, UpstreamFailure, chunk_from_dict, retry_after_seconds
 
@@ -21,6 +29,42 @@ OPENAI_PARAMS = frozenset(
 )  # fmt: skip
 # Handled by the gateway itself, never forwarded from the client.
 GATEWAY_FIELDS = frozenset({"model", "stream", "stream_options"})
+# Providers litellm calls through its own AsyncHTTPHandler, which a call takes as `client=` (read from litellm's
+# completion dispatch, and checked against a redirecting server). Most others, `openai/` first, go through the openai
+# SDK, whose HTTP client litellm takes from `litellm.aclient_session`; they must not get an AsyncHTTPHandler, which
+# they would use as their SDK client. A provider in neither group keeps litellm's own clients.
+HTTP_HANDLER_PROVIDERS = frozenset(
+    {
+        "anthropic", "bedrock", "deepseek", "fireworks_ai", "gemini", "groq", "hosted_vllm", "mistral", "ollama_chat",
+        "openrouter", "together_ai", "xai",
+    }
+)  # fmt: skip
+
+
+class _PoolPerLoop(httpx.AsyncBaseTransport):
+    """An httpx transport with one connection pool per event loop.
+
+    Pooled connections cannot move between loops, and one process may run several: a gateway worker serves on one,
+    while every probe round runs on a fresh one.
+    """
+
+    def __init__(self):
+        self._pools = weakref.WeakKeyDictionary()  # event loop -> httpx.AsyncHTTPTransport
+
+    async def handle_async_request(self, request):
+        """Send the request over the running loop's pool."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=100, keepalive_expiry=60)
+            pool = self._pools[loop] = httpx.AsyncHTTPTransport(limits=limits)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self):
+        """Close the running loop's pool."""
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.aclose()
 
 
 @functools.cache
@@ -33,7 +77,33 @@ def _litellm():
     litellm.telemetry = False
     litellm.suppress_debug_info = True
     litellm.drop_params = False
+    # Like the pass-through: no redirects, and no proxies taken from the environment.
+    litellm.aclient_session = httpx.AsyncClient(transport=_transport(), follow_redirects=False, trust_env=False)
     return litellm
+
+
+@functools.cache
+def _transport():
+    """Return the transport every litellm call goes over."""
+    return _PoolPerLoop()
+
+
+@functools.cache
+def _http_handler():
+    """Return the AsyncHTTPHandler given to the providers litellm calls through one."""
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    return AsyncHTTPHandler(transport=_transport(), follow_redirects=False)
+
+
+@functools.cache
+def _provider(model, api_base):
+    """Return the provider litellm calls for a model name, or None if litellm does not know it."""
+    litellm = _litellm()
+    try:
+        return litellm.get_llm_provider(model=model, api_base=api_base)[1]
+    except litellm.BadRequestError:  # acompletion will say so in its own words
+        return None
 
 
 def load():
@@ -56,7 +126,7 @@ def _failure(exc):
         return UpstreamFailure("connection", f"cannot reach upstream: {message}")
     if isinstance(exc, (json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError)):
         return UpstreamFailure("bad_response", "upstream answered with a body that cannot be read")
-    if isinstance(status, int) and status >= 400:
+    if isinstance(status, int) and status >= 300:  # a 3xx too: redirects are not followed
         return UpstreamFailure("status", message, status=status, retry_after=retry_after)
     return UpstreamFailure("connection", f"upstream call failed: {exc.__class__.__name__}")
 
@@ -78,6 +148,8 @@ class LiteLLMAdapter:
         if instance.api_key:
             kwargs["api_key"] = instance.api_key
         kwargs["timeout"] = instance.timeout
+        if _provider(instance.litellm_model, instance.api_base) in HTTP_HANDLER_PROVIDERS:
+            kwargs["client"] = _http_handler()
         return kwargs
 
     async def complete(self, instance, body):

@@ -26,6 +26,8 @@ _DONE = b"[DONE]"
 
 def _error_message(status, raw):
     """Return the upstream's error message from an error body, or a generic one."""
+    if 300 <= status < 400:
+        return f"upstream redirected (HTTP {status}); redirects are not followed"
     try:
         err = json.loads(raw).get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -84,10 +86,11 @@ class OpenAICompatAdapter:
         """Send the request and return the response once its status is known to be a success."""
         url, headers, payload = self._request(instance, body, stream)
         try:
-            resp = await self.session().post(url, data=payload, headers=headers)
+            # Never follow a redirect: it would replay the request, upstream key included, to another host.
+            resp = await self.session().post(url, data=payload, headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
             raise UpstreamFailure("connection", f"cannot reach upstream: {exc.__class__.__name__}") from exc
-        if resp.status >= 400:
+        if resp.status >= 300:
             try:
                 raw = await resp.read()
             except aiohttp.ClientError:
@@ -174,7 +177,7 @@ class OpenAICompatAdapter:
         # session is used instead of the pool, which is bound to the serving loop. The caller applies the timeout.
         async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
             try:
-                async with session.get(f"{base.rstrip('/')}/models", headers=headers) as resp:
+                async with session.get(f"{base.rstrip('/')}/models", headers=headers, allow_redirects=False) as resp:
                     raw = await resp.read()
             except aiohttp.ClientError as exc:
                 raise UpstreamFailure("connection", f"cannot reach upstream: {exc.__class__.__name__}") from exc
