@@ -111,8 +111,21 @@ def load():
     _litellm()
 
 
+@functools.cache
+def _upstream_errors():
+    """Return the exception classes that mean an upstream call failed; anything else is a bug, and propagates.
+
+    litellm raises its own exception classes, which all derive from the openai SDK's `OpenAIError`, for every call
+    that fails upstream; a body that is not JSON may also surface as a JSONDecodeError, and a broken connection as
+    an httpx transport error.
+    """
+    import openai
+
+    return (openai.OpenAIError, json.JSONDecodeError, httpx.TransportError)
+
+
 def _failure(exc):
-    """Return the UpstreamFailure for a litellm exception."""
+    """Return the UpstreamFailure for an upstream error litellm raised."""
     litellm = _litellm()
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", None) or exc)[:500]
@@ -124,7 +137,7 @@ def _failure(exc):
         if "JSONDecodeError" in message or "Expecting value" in message or "json" in message.lower():
             return UpstreamFailure("bad_response", "upstream answered with a body that is not JSON")
         return UpstreamFailure("connection", f"cannot reach upstream: {message}")
-    if isinstance(exc, (json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError)):
+    if isinstance(exc, json.JSONDecodeError):
         return UpstreamFailure("bad_response", "upstream answered with a body that cannot be read")
     if isinstance(status, int) and status >= 300:  # a 3xx too: redirects are not followed
         return UpstreamFailure("status", message, status=status, retry_after=retry_after)
@@ -157,9 +170,9 @@ class LiteLLMAdapter:
         litellm = _litellm()
         try:
             resp = await litellm.acompletion(**self._kwargs(instance, body, stream=False))
-            data = resp.model_dump(exclude_none=True)
-        except Exception as exc:
+        except _upstream_errors() as exc:
             raise _failure(exc) from exc
+        data = resp.model_dump(exclude_none=True)
         return Completion(body=json.dumps(data, separators=(",", ":")).encode(), data=data)
 
     async def stream(self, instance, body):
@@ -167,7 +180,7 @@ class LiteLLMAdapter:
         litellm = _litellm()
         try:
             resp = await litellm.acompletion(**self._kwargs(instance, body, stream=True))
-        except Exception as exc:
+        except _upstream_errors() as exc:
             raise _failure(exc) from exc
         iterator = resp.__aiter__()
         try:
@@ -176,7 +189,7 @@ class LiteLLMAdapter:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     return
-                except Exception as exc:
+                except _upstream_errors() as exc:
                     raise _failure(exc) from exc
                 yield chunk_from_dict(chunk.model_dump(exclude_none=True))
         finally:
@@ -196,7 +209,7 @@ class LiteLLMAdapter:
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
         try:
             await litellm.acompletion(**self._kwargs(instance, body, stream=False))
-        except Exception as exc:
+        except _upstream_errors() as exc:
             raise _failure(exc) from exc
 
 
