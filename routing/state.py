@@ -9,6 +9,8 @@ therefore respected by all others within about one sync interval.
 
 Without `REDIS_URL` the same state is simply per process. When Redis is unreachable, workers log one warning, forget
 the other workers' (now stale) numbers and carry on with their own until Redis is back; no request fails for it.
+Any other sync error (a value in Redis that is not what a worker writes, a bug) is logged as what it is, once until
+the sync works again: a malformed entry is skipped and the rest of what the workers published is read as usual.
 
 What stays local on purpose: the failure counters that decide when to trip (each worker trips on what it saw) and
 the retry budgets (one per model: a per-process share of that model's requests).
@@ -35,6 +37,7 @@ EWMA_ALPHA = 0.3
 LATENCY_SAMPLES = 256
 KEY_PREFIX = "chatvault:"
 MINUTE = 60.0  # the window of rpm and tpm limits
+MAX_FIGURE = 1e15  # larger numbers (and NaN, infinities) from another worker are malformed
 
 
 class UsageWindow:
@@ -106,6 +109,7 @@ class RoutingState:
         self._redis = None
         self._sync_task = None
         self.shared_ok = None  # None: not shared; True/False: Redis reachable or not
+        self.sync_fault = None  # what went wrong with the last sync other than Redis being unreachable, or None
 
     # --- configuration ----------------------------------------------------------------------------------------
 
@@ -295,23 +299,47 @@ class RoutingState:
 
     async def _sync_loop(self):
         """Sync every SYNC_SECONDS until cancelled; a Redis outage degrades to local state."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         while True:
             try:
-                await self.sync_once()
-                if self.shared_ok is False:
-                    logger.warning("Redis reachable again: routing state is shared across workers again")
-                self.shared_ok = True
+                skipped = await self.sync_once()
             except asyncio.CancelledError:
                 raise
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._unreachable(exc)
             except Exception as exc:
-                if self.shared_ok is not False:
-                    logger.warning("Redis unreachable (%s): routing state is per worker until it is back", exc)
-                self.shared_ok = False
-                self.others_in_flight.clear()
-                self.others_ewma.clear()
-                self.others_summary.clear()
-                self.others_minute.clear()
+                # Not an outage: keep the other workers' last figures rather than act as if they had none.
+                self._faulty(f"{exc.__class__.__name__}: {exc}", exc_info=True)
+            else:
+                self._reachable()
+                self._faulty("; ".join(skipped) if skipped else None)
             await asyncio.sleep(SYNC_SECONDS)
+
+    def _unreachable(self, exc):
+        """Fall back to this worker's own figures while Redis cannot be reached (one warning per outage)."""
+        if self.shared_ok is not False:
+            logger.warning("Redis unreachable (%s): routing state is per worker until it is back", exc)
+        self.shared_ok = False
+        self.others_in_flight.clear()
+        self.others_ewma.clear()
+        self.others_summary.clear()
+        self.others_minute.clear()
+
+    def _reachable(self):
+        """Note that Redis answered (logging the end of an outage)."""
+        if self.shared_ok is False:
+            logger.warning("Redis reachable again: routing state is shared across workers again")
+        self.shared_ok = True
+
+    def _faulty(self, fault, exc_info=False):
+        """Note what went wrong with this sync, or None; log when a fault starts and when syncs work again."""
+        if fault and self.sync_fault is None:
+            logger.error("routing state sync failed: %s", fault, exc_info=exc_info)
+        elif not fault and self.sync_fault is not None:
+            logger.warning("routing state sync works again")
+        self.sync_fault = fault or None
 
     def _key(self, name):
         """Return a namespaced Redis key."""
@@ -357,24 +385,34 @@ class RoutingState:
             self._dirty |= dirty  # publish them next time
             raise
         shared_breakers, workers = results[-2], results[-1]
+        skipped = []  # what was malformed, and left out of this sync
         for raw_id, raw_state in shared_breakers.items():
-            instance_id = raw_id.decode()
-            if instance_id not in self._dirty:
-                self.breakers[instance_id] = BreakerState.from_dict(json.loads(raw_state))
-        others = sorted(w.decode() for w in workers if w.decode() != self.worker_id)
+            instance_id = raw_id.decode(errors="replace")
+            if instance_id in self._dirty:
+                continue
+            try:
+                self.breakers[instance_id] = _breaker_from_redis(raw_state)
+            except ValueError as exc:
+                skipped.append(f"breaker of instance {instance_id!r} is malformed ({exc})")
+        others = sorted(w.decode(errors="replace") for w in workers)
+        others = [w for w in others if w != self.worker_id]
         payloads = await self._redis.mget([self._key(f"worker:{w}") for w in others]) if others else []
         in_flight, ewma, summary, minute, gone = Counter(), {}, {}, {}, []
         for worker, payload in zip(others, payloads, strict=True):
             if payload is None:
                 gone.append(worker)
                 continue
-            data = json.loads(payload)
-            in_flight.update(data.get("in_flight", {}))
-            for instance_id, value in data.get("ewma", {}).items():
+            try:
+                data = _worker_from_redis(payload)
+            except ValueError as exc:
+                skipped.append(f"figures of worker {worker!r} are malformed ({exc})")
+                continue
+            in_flight.update(data["in_flight"])
+            for instance_id, value in data["ewma"].items():
                 ewma.setdefault(instance_id, []).append(value)
-            for instance_id, value in data.get("summary", {}).items():
+            for instance_id, value in data["summary"].items():
                 summary.setdefault(instance_id, []).append(value)
-            for instance_id, (requests, tokens) in data.get("minute", {}).items():
+            for instance_id, (requests, tokens) in data["minute"].items():
                 total = minute.setdefault(instance_id, [0, 0])
                 total[0] += requests
                 total[1] += tokens
@@ -382,6 +420,64 @@ class RoutingState:
             await self._redis.srem(self._key("workers"), *gone)
         self.others_in_flight, self.others_ewma, self.others_summary = in_flight, ewma, summary
         self.others_minute = minute
+        return skipped
+
+
+def _number(value, what, integer=False):
+    """Return value if it is a number of sane size (a whole one if asked); raise ValueError otherwise."""
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not -MAX_FIGURE <= value <= MAX_FIGURE:
+        raise ValueError(f"{what} is not a {'whole ' if integer else ''}number: {value!r:.80}")
+    return value
+
+
+def _mapping(value, what):
+    """Return value if it is a JSON object; raise ValueError otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not an object")
+    return value
+
+
+def _json_object(raw, what):
+    """Return the JSON object in raw bytes; raise ValueError otherwise."""
+    try:
+        return _mapping(json.loads(raw), what)
+    except ValueError:
+        raise ValueError(f"{what} is not a JSON object") from None
+
+
+def _breaker_from_redis(raw):
+    """Return the BreakerState a worker published; raise ValueError if it is not one."""
+    data = _json_object(raw, "breaker")
+    state = data.get("state", CLOSED)
+    if state not in (CLOSED, OPEN, HALF_OPEN):
+        raise ValueError(f"unknown state {state!r:.80}")
+    if not isinstance(data.get("reason", ""), str):
+        raise ValueError("reason is not text")
+    _number(data.get("until", 0.0), "until")
+    _number(data.get("trips", 0), "trips", integer=True)
+    return BreakerState.from_dict(data)
+
+
+def _worker_from_redis(raw):
+    """Return the figures a worker published (see `_worker_payload`); raise ValueError if they are not such."""
+    data = _json_object(raw, "payload")
+    in_flight = {i: _number(v, "in_flight", True) for i, v in _mapping(data.get("in_flight", {}), "in_flight").items()}
+    ewma = {i: _number(v, "ewma") for i, v in _mapping(data.get("ewma", {}), "ewma").items()}
+    summary = {}
+    for instance_id, value in _mapping(data.get("summary", {}), "summary").items():
+        value = _mapping(value, "summary")
+        summary[instance_id] = {
+            "requests": _number(value.get("requests"), "summary requests", True),
+            "errors": _number(value.get("errors"), "summary errors", True),
+            **{p: None if value.get(p) is None else _number(value[p], f"summary {p}") for p in ("p50", "p95")},
+        }
+    minute = {}
+    for instance_id, value in _mapping(data.get("minute", {}), "minute").items():
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError("minute is not a [requests, tokens] pair")
+        minute[instance_id] = [_number(v, "minute", True) for v in value]
+    return {"in_flight": in_flight, "ewma": ewma, "summary": summary, "minute": minute}
 
 
 _state = None

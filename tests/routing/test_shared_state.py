@@ -1,14 +1,18 @@
 """Routing state shared between gateway processes through Redis, and what happens without it."""
 
+import asyncio
 import json
+import logging
 import shutil
 import subprocess
 import threading
+import time
 
 import openai
 import pytest
 import redis
 
+from routing.state import SYNC_SECONDS, RoutingState
 from tests.factories import make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import Gateway, free_port, wait_until
 from tests.helpers import MESSAGES
@@ -144,3 +148,83 @@ def _pings(port):
         return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2).ping()
     except redis.exceptions.ConnectionError:
         return False
+
+
+async def _until(predicate, timeout=3):
+    """Wait, letting the event loop run, until predicate() is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def _sync_messages(caplog):
+    """Return the (level, message) pairs routing.state logged."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "routing.state"]
+
+
+def _run_with_another_worker(redis_url, scenario):
+    """Run scenario(me) while this worker syncs, after another worker published one request in flight to "i"."""
+    other, me = RoutingState(redis_url), RoutingState(redis_url)
+
+    async def main():
+        other.start_sync()
+        other.started("i")
+        me.start_sync()
+        try:
+            await _until(lambda: me.total_in_flight("i") == 1)
+            await scenario(me)
+        finally:
+            await me.stop_sync()
+            await other.stop_sync()
+
+    asyncio.run(main())
+
+
+def test_malformed_values_in_redis_are_skipped_and_logged_as_such_not_as_an_outage(redis_url, caplog):
+    caplog.set_level(logging.INFO, logger="routing.state")
+    store = redis.Redis.from_url(redis_url)
+
+    async def scenario(me):
+        store.sadd("chatvault:workers", "w-bad")
+        store.set("chatvault:worker:w-bad", b"{not json", ex=60)
+        store.hset("chatvault:breakers", "i-bad", json.dumps({"state": "open", "until": "soon"}))
+        await _until(lambda: me.sync_fault is not None)
+        await asyncio.sleep(5 * SYNC_SECONDS)  # several syncs while the values are still there
+        assert me.total_in_flight("i") == 1, "the other worker's figures are still in use"
+        assert me.usable("i-bad", time.time()), "the malformed breaker was not adopted"
+        store.delete("chatvault:worker:w-bad")
+        store.hdel("chatvault:breakers", "i-bad")
+        await _until(lambda: me.sync_fault is None)
+
+    _run_with_another_worker(redis_url, scenario)
+
+    messages = _sync_messages(caplog)
+    errors = [m for level, m in messages if level >= logging.ERROR]
+    assert len(errors) == 2, messages  # one per worker, not one per sync
+    assert "figures of worker 'w-bad' are malformed" in errors[0]
+    assert "breaker of instance 'i-bad' is malformed" in errors[0]
+    assert "routing state sync works again" in [m for _, m in messages]
+    assert not [m for _, m in messages if "Redis unreachable" in m]
+
+
+def test_a_redis_error_that_is_not_an_outage_keeps_the_other_workers_figures(redis_url, caplog):
+    caplog.set_level(logging.INFO, logger="routing.state")
+    store = redis.Redis.from_url(redis_url)
+
+    async def scenario(me):
+        store.delete("chatvault:breakers")
+        store.set("chatvault:breakers", "a string where a hash belongs")  # every sync now fails with WRONGTYPE
+        await _until(lambda: me.sync_fault is not None)
+        await asyncio.sleep(5 * SYNC_SECONDS)
+        assert me.total_in_flight("i") == 1, "the other worker's last figures are kept"
+        store.delete("chatvault:breakers")
+        await _until(lambda: me.sync_fault is None)
+
+    _run_with_another_worker(redis_url, scenario)
+
+    records = [r for r in caplog.records if r.name == "routing.state" and r.levelno >= logging.ERROR]
+    assert len(records) == 2, _sync_messages(caplog)  # one per worker
+    assert "ResponseError" in records[0].getMessage() and "WRONGTYPE" in records[0].getMessage()
+    assert records[0].exc_info is not None, "the traceback is logged"
+    assert not [m for _, m in _sync_messages(caplog) if "Redis unreachable" in m]
