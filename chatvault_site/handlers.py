@@ -29,7 +29,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import Http404
 from django.urls import set_script_prefix
 
-from routing import runtime
+from routing import request_log, runtime
 from routing.errors import PayloadTooLarge
 from routing.middleware import allowed_host_middleware, request_id_middleware
 
@@ -109,6 +109,7 @@ async def _refuse(receive, send, error):
     sending would reset it, and it would never see the answer. So the response is written in full at once, and
     only marked complete (letting uvicorn close the connection) once the body is in, or after LINGER_SECONDS.
     """
+    request_log.Counters.refused_bodies += 1  # refused before authentication: counted, not stored
     body = json.dumps(error.body()).encode()
     headers = [
         (b"content-type", b"application/json"),

@@ -40,6 +40,7 @@ class Counters:
     unauthenticated = 0
     dropped_rows = 0
     rewritten_rows = 0  # rows the database refused, written in their safe form
+    refused_bodies = 0  # requests answered 413 before authentication
 
 
 class RequestLogWriter(threading.Thread):
@@ -287,6 +288,7 @@ def stats():
         "dropped": Counters.dropped_rows,
         "rewritten": Counters.rewritten_rows,
         "unauthenticated_requests": Counters.unauthenticated,
+        "refused_bodies": Counters.refused_bodies,
     }
 
 

@@ -297,8 +297,10 @@ class ChatRequest:
                 tried.append(instance.id)
                 if not self._may_retry(retryable):
                     raise last_error from None
-            except asyncio.CancelledError:
-                self._attempt_done(instance, began, "cancelled")
+            except BaseException as exc:
+                # Cancelled, or a bug of ours (an adapter's own exceptions are handled above): the instance is not
+                # to blame, but its in-flight count must still come down.
+                self._attempt_done(instance, began, "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
                 st.finished(instance.id, ok=False, counts=False)
                 raise
 

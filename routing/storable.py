@@ -26,11 +26,12 @@ def text(value, limit=None):
 
 def json_value(value, depth=0):
     """Return value with every string made storable and every number representable in jsonb."""
-    if value is None or isinstance(value, (bool, int)):
+    kind = type(value)  # exact types first: this runs for every request's decision
+    if kind is str:
+        return value if not _UNSTORABLE.search(value) else text(value)
+    if value is None or kind is int or kind is bool:
         return value
-    if isinstance(value, str):
-        return text(value)
-    if isinstance(value, float):
+    if kind is float:
         return value if math.isfinite(value) else str(value)
     if depth >= 32:
         return text(repr(value), 200)
@@ -38,6 +39,12 @@ def json_value(value, depth=0):
         return {text(key): json_value(item, depth + 1) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_value(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return json_value(float(value))
     return text(value, 200)
 
 

@@ -131,11 +131,13 @@ def test_a_huge_body_is_refused_before_it_is_read(edge, path, chunked):
 
 
 def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_body(edge):
+    refused = edge.health()["request_log"]["refused_bodies"]
     with socket.create_connection((HOST, edge.port)) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %d\r\n\r\n" % (
             HOST.encode(), edge.port, HUGE))  # fmt: skip
         status, _, body = read_response(sock, timeout=1)
     assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    assert edge.health()["request_log"]["refused_bodies"] == refused + 1, "refused before authentication: counted"
 
 
 def test_a_client_that_sends_its_whole_body_before_reading_gets_the_413_too(edge):

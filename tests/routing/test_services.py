@@ -76,3 +76,45 @@ def test_upstream_credentials_errors_are_not_echoed():
 def test_retry_after_is_passed_on_rounded_up():
     error = failure_to_error(UpstreamFailure("status", "slow", status=429, retry_after=2.2))
     assert error.headers == {"Retry-After": "3"}
+
+
+def test_a_role_that_is_not_a_string_is_a_bad_request_not_a_crash():
+    for role in (["user"], {"a": 1}, 5, None):
+        with pytest.raises(InvalidRequest) as exc:
+            validate_body({**OK, "messages": [{"role": role, "content": "hi"}]})
+        assert exc.value.param == "messages[0].role"
+
+
+def test_a_bug_in_an_upstream_call_still_brings_the_instance_in_flight_count_down():
+    """Our own bug (not an upstream failure) propagates, blames no instance, and leaks no in-flight request."""
+    import asyncio
+    import time
+    import uuid
+    from decimal import Decimal
+
+    from routing import state
+    from routing.services import ChatRequest
+    from routing.snapshot import InstanceConfig, KeyConfig, ModelConfig, Snapshot
+
+    instance = InstanceConfig(
+        id=f"inst-bug-{uuid.uuid4().hex[:6]}", model="m", provider_kind="openai", litellm_model="openai/m",
+        api_base="http://127.0.0.1:9/v1", api_key=None, openai_compatible=True, weight=1.0, rpm=None, tpm=None,
+        timeout=5.0, stream_timeout=5.0, input_cost_per_token=Decimal(0), output_cost_per_token=Decimal(0),
+    )  # fmt: skip
+    model = ModelConfig(name="m", description="", strategy="round-robin", capabilities=(), context_window=None,
+                        created=0, instances=(instance,))  # fmt: skip
+    snap = Snapshot(token=None, models={"m": model}, keys_by_hash={}, default_strategy="round-robin",
+                    auto_select=False, loaded_at=time.time())  # fmt: skip
+    key = KeyConfig(pk=1, name="k", prefix="cv-", is_admin=False, allowed_models=None, expires_at=None, revoked=False)
+    chat = ChatRequest(request_id=uuid.uuid4(), key=key, snapshot=snap)
+    chat.resolve_model(OK)
+
+    async def buggy(_instance):
+        raise TypeError("a bug of ours")
+
+    with pytest.raises(TypeError):
+        asyncio.run(chat._failover(buggy))
+    routing_state = state.get()
+    assert routing_state.total_in_flight(instance.id) == 0
+    assert routing_state.breaker(instance.id).current(time.time()) == "closed"
+    assert chat.attempts[-1]["outcome"] == "error"
