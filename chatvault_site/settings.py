@@ -56,7 +56,7 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-# The admin shows a new API key once, in a message: keep it in the session, not in a cookie.
+# Admin messages live in the session, not in a cookie (a new API key is shown on its own page, never in a message).
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 ROOT_URLCONF = "chatvault_site.urls"
