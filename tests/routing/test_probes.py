@@ -6,11 +6,10 @@ sent (it records chat requests only), and a closed port.
 
 import io
 import json
-import threading
 import time
 import types
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import openai
 import pytest
@@ -23,7 +22,7 @@ from routing.probes import instance_probe, instances_probe_due
 from routing.tasks import probe_instance, probe_instances
 from tests.factories import UPSTREAM_KEY, make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import free_port
-from tests.helpers import MESSAGES
+from tests.helpers import MESSAGES, local_http_server
 
 
 def tune(**fields):
@@ -60,15 +59,9 @@ class _RecordingHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder():
     """Return a local HTTP server that records GET requests; set `.status`, `.body`, `.delay` to change answers."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
-    server.daemon_threads = True
-    server.seen, server.status, server.body, server.delay = [], 200, {"object": "list", "data": []}, 0.0
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    listing = {"object": "list", "data": []}
+    with local_http_server(_RecordingHandler, seen=[], status=200, body=listing, delay=0.0) as server:
+        yield server
 
 
 @pytest.mark.django_db

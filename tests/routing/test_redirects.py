@@ -6,8 +6,7 @@ the openai SDK (`openai/…`) and litellm's own HTTP handler (`hosted_vllm/…` 
 """
 
 import itertools
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import openai
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from routing.models import Outcome
 from routing.probes import instance_probe
 from tests.factories import make_key, make_model, wait_for_model, wait_until_open
-from tests.helpers import MESSAGES, wait_rows
+from tests.helpers import MESSAGES, local_http_server, wait_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,15 +129,8 @@ class _RedirectingHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def redirecting_upstream():
     """Return a local HTTP server that redirects everything under /v1; `.seen` lists the paths it was asked for."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RedirectingHandler)
-    server.daemon_threads = True
-    server.seen = []
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with local_http_server(_RedirectingHandler, seen=[]) as server:
+        yield server
 
 
 def test_a_probe_does_not_follow_a_redirect(redirecting_upstream, road, name):
