@@ -7,6 +7,7 @@ them bumps `ConfigRevision`, which each worker polls to rebuild its in-process s
 import secrets as pysecrets
 import uuid
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from routing import secrets
@@ -178,7 +179,9 @@ class Model(models.Model):
     name = models.CharField(max_length=200, unique=True, help_text="The name clients put in `model`.")
     description = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True)
-    capabilities = models.JSONField(default=list, blank=True, help_text="Capability tags, e.g. general_chat.")
+    capabilities = models.JSONField(
+        default=list, blank=True, help_text="Capability tags, e.g. code_generation, summarization, general_chat."
+    )
     strategy = models.CharField(
         max_length=32,
         choices=RoutingStrategy.choices,
@@ -186,13 +189,45 @@ class Model(models.Model):
         default="",
         help_text="Load-balancing strategy; blank uses the gateway default.",
     )
+    # Metadata overrides: blank (null) means "what litellm's model map says about the instances' upstream models"
+    # (routing.metadata resolves the effective values).
     input_cost_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million prompt tokens (override)."
+        "input price (USD per million tokens)",
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Price of prompt tokens; blank uses the litellm model map.",
     )
     output_cost_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million completion tokens."
+        "output price (USD per million tokens)",
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Price of completion tokens; blank uses the litellm model map.",
     )
-    context_window = models.PositiveIntegerField(null=True, blank=True, help_text="Override of the context size.")
+    context_window = models.PositiveIntegerField(
+        "context window (max input tokens)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most prompt tokens a request may carry; blank uses the litellm model map.",
+    )
+    supports_function_calling = models.BooleanField(
+        null=True, blank=True, help_text="Accepts tools / function calling; unknown uses the litellm model map."
+    )
+    supports_vision = models.BooleanField(
+        null=True, blank=True, help_text="Accepts image input; unknown uses the litellm model map."
+    )
+    supports_response_schema = models.BooleanField(
+        "supports response schema / JSON mode",
+        null=True,
+        blank=True,
+        help_text="Honours response_format (JSON mode or a JSON schema); unknown uses the litellm model map.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
