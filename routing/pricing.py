@@ -1,4 +1,4 @@
-"""Token prices and context windows from litellm's bundled price map, read without importing litellm.
+"""Token prices, context windows and feature support from litellm's bundled model map, read without importing litellm.
 
 litellm ships its price map as a JSON file inside the package. Reading the file directly keeps a gateway whose
 providers are all OpenAI-compatible from paying litellm's multi-second import, and never fetches the map from the
@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,13 +19,19 @@ logger = logging.getLogger(__name__)
 PRICE_FILE = "model_prices_and_context_window_backup.json"
 
 
+FEATURES = ("supports_function_calling", "supports_vision", "supports_response_schema")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Prices:
-    """Per-token prices in USD and the context window, each None when unknown."""
+    """What litellm's map says about one upstream model; every field is None when the map does not know the model."""
 
     input_cost_per_token: Decimal | None = None
     output_cost_per_token: Decimal | None = None
     max_input_tokens: int | None = None
+    supports_function_calling: bool | None = None
+    supports_vision: bool | None = None
+    supports_response_schema: bool | None = None
 
 
 @functools.cache
@@ -40,22 +47,32 @@ def price_map():
 
 
 def _decimal(value):
-    """Return value as a Decimal, or None."""
-    return None if value is None else Decimal(str(value))
+    """Return a non-negative finite price as a Decimal, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return Decimal(str(value))
+
+
+def _window(value):
+    """Return a positive whole token count, or None (the map's `sample_spec` entry holds prose here)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def lookup(litellm_model):
-    """Return the prices for a litellm model string (`openai/gpt-4o-mini` or `gpt-4o-mini`)."""
+    """Return what the map says about a litellm model string (`openai/gpt-4o-mini` or `gpt-4o-mini`)."""
     table = price_map()
     entry = table.get(litellm_model)
     if entry is None and "/" in litellm_model:
         entry = table.get(litellm_model.split("/", 1)[1])
-    if not entry:
+    if not entry or not isinstance(entry, dict):
         return Prices()
+    # litellm itself reads a feature the entry leaves out as unsupported (`model_info.get(key, False)`).
+    features = {key: entry.get(key) is True for key in FEATURES}
     return Prices(
         input_cost_per_token=_decimal(entry.get("input_cost_per_token")),
         output_cost_per_token=_decimal(entry.get("output_cost_per_token")),
-        max_input_tokens=entry.get("max_input_tokens"),
+        max_input_tokens=_window(entry.get("max_input_tokens")),
+        **features,
     )
 
 

@@ -13,8 +13,36 @@ def test_prices_come_from_litellms_map_with_or_without_provider_prefix():
     assert bare.max_input_tokens == 128000
 
 
-def test_unknown_models_have_no_price():
-    assert pricing.lookup("openai/not-a-real-model") == pricing.Prices()
+def test_feature_support_comes_from_the_map_and_what_it_leaves_out_is_unsupported():
+    mini = pricing.lookup("openai/gpt-4o-mini")
+    assert (mini.supports_function_calling, mini.supports_vision, mini.supports_response_schema) == (True, True, True)
+    # gpt-4's entry names function calling only; litellm reads a missing feature as unsupported.
+    gpt4 = pricing.lookup("openai/gpt-4")
+    assert (gpt4.supports_function_calling, gpt4.supports_vision, gpt4.supports_response_schema) == (True, False, False)
+    assert gpt4.max_input_tokens == 8192
+
+
+def test_malformed_map_values_are_unknown_not_trusted(monkeypatch):
+    table = {
+        "weird": {
+            "max_input_tokens": "max input tokens, if the provider specifies it",
+            "input_cost_per_token": -1,
+            "output_cost_per_token": True,
+            "supports_vision": "true",
+        }
+    }
+    monkeypatch.setattr(pricing, "price_map", lambda: table)
+
+    weird = pricing.lookup("weird")
+
+    assert (weird.max_input_tokens, weird.input_cost_per_token, weird.output_cost_per_token) == (None, None, None)
+    assert weird.supports_vision is False
+
+
+def test_unknown_models_have_no_price_window_or_features():
+    unknown = pricing.lookup("openai/not-a-real-model")
+    assert unknown == pricing.Prices()
+    assert (unknown.max_input_tokens, unknown.supports_vision, unknown.supports_function_calling) == (None, None, None)
     assert pricing.cost(10, 10, None, Decimal(1)) is None
 
 
