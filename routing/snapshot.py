@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from routing import adapters, health, pricing
+from routing import adapters, health, metadata
 from routing.models import (
     ApiKey,
     ConfigRevision,
@@ -69,7 +69,10 @@ class InstanceConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """An enabled public model with its enabled instances."""
+    """An enabled public model with its enabled instances and its resolved metadata (`routing.metadata`).
+
+    Each metadata value is None when unknown; `sources` says where each came from ("override", "litellm" or None).
+    """
 
     name: str
     description: str
@@ -78,6 +81,12 @@ class ModelConfig:
     context_window: int | None
     created: int
     instances: tuple[InstanceConfig, ...]
+    supports_function_calling: bool | None = None
+    supports_vision: bool | None = None
+    supports_response_schema: bool | None = None
+    input_cost_per_token: Decimal | None = None
+    output_cost_per_token: Decimal | None = None
+    sources: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,14 +121,10 @@ class Snapshot:
     retry_budget_ratio: float = 0.1
 
 
-def _per_token(per_mtok):
-    """Return a per-million-token price as a per-token price."""
-    return None if per_mtok is None else Decimal(per_mtok) / Decimal(1_000_000)
-
-
 def instance_config(inst, model):
     """Return the hot-path view of one ProviderInstance."""
-    prices = pricing.lookup(inst.litellm_model)
+    # What a call served here costs: the model's price when it sets one, else this instance's upstream's own.
+    prices = metadata.for_model(model, [inst.litellm_model])
     return InstanceConfig(
         id=inst.id,
         model=model.name,
@@ -133,12 +138,8 @@ def instance_config(inst, model):
         tpm=inst.tpm,
         timeout=inst.timeout or DEFAULT_TIMEOUT_SECONDS,
         stream_timeout=inst.stream_timeout or DEFAULT_STREAM_TIMEOUT_SECONDS,
-        input_cost_per_token=_per_token(model.input_cost_per_mtok)
-        if model.input_cost_per_mtok is not None
-        else prices.input_cost_per_token,
-        output_cost_per_token=_per_token(model.output_cost_per_mtok)
-        if model.output_cost_per_mtok is not None
-        else prices.output_cost_per_token,
+        input_cost_per_token=prices.input_cost_per_token,
+        output_cost_per_token=prices.output_cost_per_token,
         drained=inst.drained,
         breaker_reset_at=inst.breaker_reset_at.timestamp() if inst.breaker_reset_at else None,
     )
@@ -160,14 +161,21 @@ def build():
                 configs.append(instance_config(inst, model))
             except Exception:  # one undecryptable key must not take every other model down
                 logger.exception("instance %s skipped: its configuration cannot be loaded", inst.id)
+        meta = metadata.for_model(model, [inst.litellm_model for inst in by_model.get(model.pk, [])])
         models[model.name] = ModelConfig(
             name=model.name,
             description=model.description,
             strategy=model.strategy or routing_settings.default_strategy or RoutingStrategy.ROUND_ROBIN,
-            capabilities=tuple(model.capabilities or ()),
-            context_window=model.context_window,
+            capabilities=meta.capabilities,
+            context_window=meta.context_window,
             created=int(model.created_at.timestamp()),
             instances=tuple(configs),
+            supports_function_calling=meta.supports_function_calling,
+            supports_vision=meta.supports_vision,
+            supports_response_schema=meta.supports_response_schema,
+            input_cost_per_token=meta.input_cost_per_token,
+            output_cost_per_token=meta.output_cost_per_token,
+            sources=meta.sources,
         )
     keys = {}
     for key in ApiKey.objects.prefetch_related("allowed_models"):
