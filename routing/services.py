@@ -14,13 +14,11 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from routing import adapters, balancer, pricing, request_log, runtime, state, storable
+from routing import adapters, balancer, pricing, request_log, runtime, selection, state, storable
 from routing.adapters import CLIENT_FAULT_STATUSES, UpstreamFailure
 from routing.errors import (
     InvalidRequest,
-    ModelNotFound,
     NoCapacity,
-    PermissionDenied,
     ServerShutdown,
     UpstreamError,
     UpstreamRateLimited,
@@ -28,76 +26,13 @@ from routing.errors import (
 )
 from routing.health import OPEN
 from routing.models import Outcome
+from routing.validation import validate_body
 
 logger = logging.getLogger(__name__)
-
-FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key"})
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-MAX_NESTING = 64
 
 # Per-process rotation counters (each worker rotates through the usable instances on its own).
 _rotation = defaultdict(itertools.count)
 _rng = random.Random()
-
-
-def _find_forbidden_key(value, path, depth=0):
-    """Return the path of the first credential or endpoint key anywhere in value, or None."""
-    if depth > MAX_NESTING:
-        raise InvalidRequest("The request body is nested too deeply.")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in FORBIDDEN_KEYS:
-                return f"{path}.{key}" if path else key
-            found = _find_forbidden_key(item, f"{path}.{key}" if path else key, depth + 1)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _find_forbidden_key(item, f"{path}[{index}]", depth + 1)
-            if found:
-                return found
-    return None
-
-
-def validate_body(body):
-    """Raise InvalidRequest unless body is a usable chat completion request."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    forbidden = _find_forbidden_key(body, "")
-    if forbidden:
-        raise InvalidRequest(
-            f"'{forbidden}' may not be set by clients: the gateway chooses the upstream endpoint and credentials.",
-            param=forbidden,
-            code="forbidden_parameter",
-        )
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' is required and must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"messages[{index}] must be an object.", param=f"messages[{index}]")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{index}].role"
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise InvalidRequest(
-                f"messages[{index}].content must be a string or an array of content parts.",
-                param=f"messages[{index}].content",
-            )
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    stream_options = body.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("'user' must be a string.", param="user")
 
 
 def failure_to_error(failure):
@@ -158,20 +93,18 @@ class ChatRequest:
     # --- choosing ----------------------------------------------------------------------------------------------
 
     def resolve_model(self, body):
-        """Validate the body and return the ModelConfig it names; raise the matching GatewayError otherwise."""
+        """Validate the body, choose its model (`selection.choose_model`) and return that ModelConfig.
+
+        Raise the matching GatewayError when the body is invalid or names a model this key cannot have.
+        """
         self.body = body
         if isinstance(body, dict):
             self.stream = body.get("stream") is True
         validate_body(body)
-        name = body["model"]
-        model = self.snapshot.models.get(name)
-        if model is None:
-            raise ModelNotFound(f"The model '{name}' does not exist or is not enabled.", param="model")
-        if not self.key.may_use(name):
-            raise PermissionDenied(f"This API key may not use the model '{name}'.", code="model_not_allowed")
-        self.model = model
-        self.decision["model"] = {"requested": name, "served": name, "reason": "requested by the client"}
-        return model
+        choice = selection.choose_model(body=body, snapshot=self.snapshot, key=self.key)
+        self.model = choice.model
+        self.decision["model"] = choice.decision
+        return choice.model
 
     def choose_instance(self, tried):
         """Return the instance for the next attempt, skipping tried, drained and open ones.
