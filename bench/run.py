@@ -59,6 +59,10 @@ except ImportError:  # pragma: no cover - uvloop is a requirement, but the bench
     uvloop = None
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # `python bench/run.py` puts bench/ on the path, not the repository
+
+from routing.stats import percentile  # noqa: E402  (the gateway's own percentile; the module imports no Django)
+
 HOST = "127.0.0.1"
 BENCH_DB = "chatvault_bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -102,14 +106,6 @@ LITELLM = [
 def log(msg):
     """Print a progress line (to stderr, so stdout holds only the report)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values, p):
-    """Return the nearest-rank percentile of an already sorted list (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def cpu_ticks(pid):
