@@ -28,6 +28,7 @@ from django.conf import settings
 
 from routing import health
 from routing.health import CLOSED, HALF_OPEN, OPEN, BreakerState, Observations, RetryBudget
+from routing.stats import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,6 @@ class UsageWindow:
     def oldest(self):
         """Return the time of the oldest entry, or None."""
         return self.entries[0][0] if self.entries else None
-
-
-def _percentile(sorted_values, fraction):
-    """Return the nearest-rank percentile of sorted values, or None."""
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
 
 
 class RoutingState:
@@ -364,8 +357,8 @@ class RoutingState:
         return {
             "requests": requests,
             "errors": errors,
-            "p50": _percentile(samples, 0.5),
-            "p95": _percentile(samples, 0.95),
+            "p50": percentile(samples, 50),
+            "p95": percentile(samples, 95),
         }
 
     async def sync_once(self):

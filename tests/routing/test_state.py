@@ -69,3 +69,13 @@ def test_the_usage_window_forgets_old_requests_as_new_ones_arrive():
         st.started("i", now=float(t))
     assert len(st.minute["i"].entries) <= 61
     assert st.used("i", 999.0) == (61, 0)
+
+
+def test_the_latency_percentiles_are_nearest_rank():
+    st = RoutingState()
+    for ms in range(100, 0, -1):
+        st.started("i")
+        st.finished("i", ok=True, latency_ms=float(ms))
+    summary = st.summary("i", time.time())
+    assert summary["latency_ms_p50"] == 50.0
+    assert summary["latency_ms_p95"] == 95.0, "the 95th of 100 samples, not the 96th"
