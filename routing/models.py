@@ -43,6 +43,11 @@ class ConfigRevision(models.Model):
         return cls.objects.filter(pk=1).values_list("token", flat=True).first()
 
 
+def default_type_weights():
+    """Return the default per-context-type selection weights: plain chat goes cheap first."""
+    return {"general_chat": {"capability": 0.55, "performance": 0.15, "cost": 0.3}}
+
+
 class RoutingSettings(models.Model):
     """Gateway-wide routing defaults (one row, edited in admin or by `import_routing_config`)."""
 
@@ -51,7 +56,26 @@ class RoutingSettings(models.Model):
     )
     auto_select = models.BooleanField(
         default=False,
-        help_text="Stored for config files (model_routing.auto_select); automatic model selection is not built yet.",
+        help_text=(
+            "Select the model for every request, not only for model=\"auto\": the model a client names counts as a "
+            "preference, never past a hard filter. Config: model_routing.auto_select."
+        ),
+    )
+    # Automatic model selection: how much each part of a candidate's score counts (see routing/scoring.py).
+    selection_weight_capability = models.FloatField(
+        default=0.6, help_text="Weight of capability fit (tagged for the request's context type)."
+    )
+    selection_weight_performance = models.FloatField(
+        default=0.25, help_text="Weight of measured reliability and latency."
+    )
+    selection_weight_cost = models.FloatField(default=0.15, help_text="Weight of the request's expected cost.")
+    selection_type_weights = models.JSONField(
+        default=default_type_weights,
+        blank=True,
+        help_text=(
+            "Per context type, weights that replace the three above, e.g. "
+            '{"general_chat": {"capability": 0.55, "performance": 0.15, "cost": 0.3}} (cheap first for chat).'
+        ),
     )
     # Circuit breaker (passive health), per instance.
     breaker_consecutive_failures = models.PositiveIntegerField(
@@ -333,6 +357,17 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    auto_select = models.BooleanField(
+        "automatic selection",
+        default=True,
+        help_text="May use model=\"auto\" (and, when the gateway selects for every request, is selected for).",
+    )
+    auto_models = models.ManyToManyField(
+        Model,
+        blank=True,
+        related_name="auto_api_keys",
+        help_text="The pool automatic selection picks from for this key; empty means every model it may use.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -391,6 +426,9 @@ class RequestLog(models.Model):
     ttft_ms = models.FloatField("TTFT (ms)", null=True, blank=True, help_text="Time to first token, streams only.")
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Upstream calls made for this request.")
     decision = models.JSONField(default=dict, blank=True, help_text="Why this model and instance were chosen.")
+    context_type = models.CharField(
+        max_length=32, blank=True, default="", help_text="The request's context type, when the model was selected."
+    )
 
     class Meta:
         ordering = ["-created_at"]
