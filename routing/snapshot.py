@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from routing import adapters, health, metadata
+from routing import adapters, health, metadata, scoring
 from routing.models import (
     ApiKey,
     ConfigRevision,
@@ -100,10 +100,16 @@ class KeyConfig:
     allowed_models: frozenset[str] | None
     expires_at: datetime | None
     revoked: bool
+    auto_select: bool = True
+    auto_models: frozenset[str] | None = None
 
     def may_use(self, model_name):
         """Return whether this key may call the named model."""
         return self.allowed_models is None or model_name in self.allowed_models
+
+    def may_select(self, model_name):
+        """Return whether automatic selection may pick the named model for this key."""
+        return self.may_use(model_name) and (self.auto_models is None or model_name in self.auto_models)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,6 +125,12 @@ class Snapshot:
     breaker_policy: health.BreakerPolicy = health.BreakerPolicy()
     max_attempts: int = 3
     retry_budget_ratio: float = 0.1
+    selection_weights: scoring.Weights = scoring.Weights()
+    type_weights: dict[str, scoring.Weights] = dataclasses.field(default_factory=dict)
+
+    def weights_for(self, context_type):
+        """Return the selection weights for a context type: its own if an admin set them, else the defaults."""
+        return self.type_weights.get(context_type, self.selection_weights)
 
 
 def instance_config(inst, model):
@@ -178,8 +190,9 @@ def build():
             sources=meta.sources,
         )
     keys = {}
-    for key in ApiKey.objects.prefetch_related("allowed_models"):
+    for key in ApiKey.objects.prefetch_related("allowed_models", "auto_models"):
         allowed = frozenset(m.name for m in key.allowed_models.all())
+        auto_pool = frozenset(m.name for m in key.auto_models.all())
         keys[key.key_hash] = KeyConfig(
             pk=key.pk,
             name=key.name,
@@ -188,7 +201,14 @@ def build():
             allowed_models=allowed or None,
             expires_at=key.expires_at,
             revoked=key.revoked_at is not None,
+            auto_select=key.auto_select,
+            auto_models=auto_pool or None,
         )
+    weights = scoring.Weights(
+        capability=routing_settings.selection_weight_capability,
+        performance=routing_settings.selection_weight_performance,
+        cost=routing_settings.selection_weight_cost,
+    )
     return Snapshot(
         token=token,
         models=models,
@@ -207,7 +227,23 @@ def build():
         ),
         max_attempts=max(1, routing_settings.max_attempts),
         retry_budget_ratio=routing_settings.retry_budget_ratio,
+        selection_weights=weights,
+        type_weights=type_weights(routing_settings.selection_type_weights, weights),
     )
+
+
+def type_weights(raw, defaults):
+    """Return {context type: Weights} from the admin's per-type JSON; a malformed entry is skipped and logged."""
+    result = {}
+    if not isinstance(raw, dict):
+        logger.warning("selection type weights ignored: not an object")
+        return result
+    for context_type, entry in raw.items():
+        try:
+            result[context_type] = dataclasses.replace(defaults, **{k: float(v) for k, v in entry.items()})
+        except (AttributeError, TypeError, ValueError):
+            logger.warning("selection weights for %r ignored: not a mapping of weight name to number", context_type)
+    return result
 
 
 _current = None
