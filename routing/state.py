@@ -1,44 +1,35 @@
-"""This worker's view of instance health and load, shared with every other worker through Redis when configured.
+"""This worker's view of instance health and load: breakers, in-flight counts, latency EWMAs, rpm/tpm use.
 
-What is shared: breaker states (closed/open/half-open, reason, until), in-flight counts, latency EWMAs and each
-worker's requests and tokens per instance over the last minute (for rpm/tpm limits), plus a per-worker summary of
-recent results for the stats endpoint. Nothing here costs a Redis round trip on the request
-path: requests read and update in-process dicts, and a background task syncs with Redis every `SYNC_SECONDS`
-(publishing this worker's numbers and breaker changes, reading everyone else's). A breaker opened by one worker is
-therefore respected by all others within about one sync interval.
+Nothing here costs a Redis round trip on the request path: requests read and update in-process dicts. When
+`REDIS_URL` is set, `routing.state_sync` shares the state with the other workers in the background (this worker's
+figures and breaker changes out, everyone else's into the `others_*` fields); without it the state is per process.
 
-Without `REDIS_URL` the same state is simply per process. When Redis is unreachable, workers log one warning, forget
-the other workers' (now stale) numbers and carry on with their own until Redis is back; no request fails for it.
-Any other sync error (a value in Redis that is not what a worker writes, a bug) is logged as what it is, once until
-the sync works again: a malformed entry is skipped and the rest of what the workers published is read as usual.
+Reads change nothing, so a selector can score every model (`model_view`) without side effects. The windows (the
+rpm/tpm minute, the breaker's results window) forget old entries on writes instead: each write trims its own window,
+and a request's start trims every window at most every TIDY_SECONDS, so a read skips at most that long's worth of
+expired entries.
 
 What stays local on purpose: the failure counters that decide when to trip (each worker trips on what it saw) and
 the retry budgets (one per model: a per-process share of that model's requests).
 """
 
-import asyncio
-import json
+import dataclasses
 import logging
-import os
 import time
-import uuid
 from collections import Counter, deque
 
 from django.conf import settings
 
-from routing import health
+from routing import health, state_sync
 from routing.health import CLOSED, HALF_OPEN, OPEN, BreakerState, Observations, RetryBudget
 from routing.stats import percentile
 
 logger = logging.getLogger(__name__)
 
-SYNC_SECONDS = 0.1
-WORKER_TTL_SECONDS = 5
 EWMA_ALPHA = 0.3
 LATENCY_SAMPLES = 256
-KEY_PREFIX = "chatvault:"
 MINUTE = 60.0  # the window of rpm and tpm limits
-MAX_FIGURE = 1e15  # larger numbers (and NaN, infinities) from another worker are malformed
+TIDY_SECONDS = 0.1  # how often a request's start trims every window (reads never do)
 
 
 class UsageWindow:
@@ -68,13 +59,49 @@ class UsageWindow:
             self.tokens -= tokens
 
     def totals(self, now):
-        """Return (requests, tokens) within the minute ending now."""
-        self.trim(now)
-        return self.requests, self.tokens
+        """Return (requests, tokens) within the minute ending now (older entries are skipped, not forgotten)."""
+        requests, tokens = self.requests, self.tokens
+        horizon = now - MINUTE
+        for when, old_requests, old_tokens in self.entries:
+            if when >= horizon:
+                break
+            requests -= old_requests
+            tokens -= old_tokens
+        return requests, tokens
 
-    def oldest(self):
-        """Return the time of the oldest entry, or None."""
-        return self.entries[0][0] if self.entries else None
+    def oldest(self, now):
+        """Return the time of the oldest entry within the minute ending now, or None."""
+        horizon = now - MINUTE
+        for when, _, _ in self.entries:
+            if when >= horizon:
+                return when
+        return None
+
+
+def _results(obs, now, window_seconds):
+    """Return (results, failures) of Observations within the window ending now (older ones skipped, not forgotten)."""
+    results, failures = len(obs.recent), obs.failures
+    horizon = now - window_seconds
+    for when, ok in obs.recent:
+        if when >= horizon:
+            break
+        results -= 1
+        if not ok:
+            failures -= 1
+    return results, failures
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """How a model's instances are doing now, as plain values: see `RoutingState.model_view`."""
+
+    model: str
+    instances: int  # enabled instances
+    usable: int  # those a request could go to now: not drained, breaker letting it through, under rpm/tpm
+    requests: int  # results (requests and probes) of the usable ones over the breaker window, across workers
+    success_rate: float | None  # the share of those results that succeeded; None without any
+    latency_ms: float | None  # the mean of the usable ones' latency EWMAs (see `latency_ms`); None if unmeasured
+    in_flight: int  # requests in flight to the usable ones, across workers
 
 
 class RoutingState:
@@ -82,7 +109,6 @@ class RoutingState:
 
     def __init__(self, redis_url=""):
         self.redis_url = redis_url
-        self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy = health.BreakerPolicy()
         self.retry_ratio = RetryBudget().ratio
         self.budgets = {}  # model name -> RetryBudget
@@ -96,13 +122,10 @@ class RoutingState:
         self.others_summary = {}  # instance id -> [summaries of other workers]
         self.minute = {}  # instance id -> UsageWindow, for rpm/tpm
         self.others_minute = {}  # instance id -> [requests, tokens] of the other workers in their last minute
-        self._dirty = set()  # breakers changed here and not yet published
         self._reset_seen = {}  # instance id -> breaker_reset_at applied
+        self._tidy_at = 0.0  # when a request's start next trims every window
         self.applied = None  # the snapshot whose policy is in force
-        self._redis = None
-        self._sync_task = None
-        self.shared_ok = None  # None: not shared; True/False: Redis reachable or not
-        self.sync_fault = None  # what went wrong with the last sync other than Redis being unreachable, or None
+        self.sync = None  # the state_sync.RedisSync sharing this state, while it runs
 
     # --- configuration ----------------------------------------------------------------------------------------
 
@@ -126,13 +149,6 @@ class RoutingState:
                     self.observations.pop(inst.id, None)
 
     # --- reading ------------------------------------------------------------------------------------------------
-
-    def budget(self, model_name):
-        """Return the retry budget of a model (one per model: one model's outage leaves others their retries)."""
-        budget = self.budgets.get(model_name)
-        if budget is None:
-            budget = self.budgets[model_name] = RetryBudget(ratio=self.retry_ratio)
-        return budget
 
     def breaker(self, instance_id):
         """Return the breaker state of an instance."""
@@ -179,7 +195,7 @@ class RoutingState:
     def limit_frees_in(self, instance_id, now):
         """Return roughly how many seconds until an instance at its limit takes requests again."""
         window = self.minute.get(instance_id)
-        oldest = window.oldest() if window is not None else None
+        oldest = window.oldest(now) if window is not None else None
         return max(1.0, MINUTE - (now - oldest)) if oldest is not None else MINUTE
 
     def summary(self, instance_id, now):
@@ -207,12 +223,69 @@ class RoutingState:
             "latency_ms_p95": merged(3),
         }
 
+    def _local_summary(self, instance_id, now):
+        """Return this worker's own requests, errors and latency percentiles for an instance."""
+        obs = self.observations.get(instance_id)
+        requests, errors = _results(obs, now, self.policy.window_seconds) if obs is not None else (0, 0)
+        samples = sorted(self.latencies.get(instance_id, ()))
+        return {
+            "requests": requests,
+            "errors": errors,
+            "p50": percentile(samples, 50),
+            "p95": percentile(samples, 95),
+        }
+
+    def model_view(self, model, now):
+        """Return the ModelHealth of a ModelConfig now, from the instances a request could go to.
+
+        Only reads, as a selector scoring every model on every request needs, and cheap for it: no percentile here
+        (those need a sort of the samples).
+        """
+        open_to = [
+            i for i in model.instances if not i.drained and self.usable(i.id, now) and not self.over_limit(i, now)
+        ]
+        window_seconds = self.policy.window_seconds
+        requests = errors = in_flight = 0
+        latencies = []
+        for inst in open_to:
+            obs = self.observations.get(inst.id)
+            if obs is not None:
+                own_requests, own_errors = _results(obs, now, window_seconds)
+                requests += own_requests
+                errors += own_errors
+            for other in self.others_summary.get(inst.id, ()):
+                requests += other["requests"]
+                errors += other["errors"]
+            in_flight += self.total_in_flight(inst.id)
+            latency = self.latency_ms(inst.id)
+            if latency is not None:
+                latencies.append(latency)
+        return ModelHealth(
+            model=model.name,
+            instances=len(model.instances),
+            usable=len(open_to),
+            requests=requests,
+            success_rate=(requests - errors) / requests if requests else None,
+            latency_ms=sum(latencies) / len(latencies) if latencies else None,
+            in_flight=in_flight,
+        )
+
     # --- recording ----------------------------------------------------------------------------------------------
 
+    def budget(self, model_name):
+        """Return the retry budget of a model (one per model: one model's outage leaves others their retries)."""
+        budget = self.budgets.get(model_name)
+        if budget is None:
+            budget = self.budgets[model_name] = RetryBudget(ratio=self.retry_ratio)
+        return budget
+
     def started(self, instance_id, now=None):
-        """Note a request sent to an instance."""
+        """Note a request sent to an instance (and trim every window if it is time to)."""
+        now = time.time() if now is None else now
         self.in_flight[instance_id] += 1
-        self._count(instance_id, time.time() if now is None else now, 1, 0)
+        self._count(instance_id, now, 1, 0)
+        if now >= self._tidy_at:
+            self.tidy(now)
 
     def finished(self, instance_id, *, ok, latency_ms=None, detail="", counts=True, retry_after=None, tokens=None):
         """Note how a request to an instance ended and update its breaker (and its token use, for tpm).
@@ -259,218 +332,52 @@ class RoutingState:
     def _set(self, instance_id, state):
         """Change a breaker here and mark it for publishing."""
         self.breakers[instance_id] = state
-        if self._redis is not None:
-            self._dirty.add(instance_id)
+        if self.sync is not None:
+            self.sync.dirty.add(instance_id)
 
-    # --- sharing through Redis ----------------------------------------------------------------------------------
+    def tidy(self, now):
+        """Forget what has left the rpm/tpm minute and the breaker window, in every instance's figures."""
+        self._tidy_at = now + TIDY_SECONDS
+        for window in self.minute.values():
+            window.trim(now)
+        window_seconds = self.policy.window_seconds
+        for obs in self.observations.values():
+            obs.trim(now, window_seconds)
+
+    # --- sharing (see routing.state_sync) -----------------------------------------------------------------------
 
     def start_sync(self):
-        """Start syncing with Redis in the running event loop (no-op without REDIS_URL)."""
-        if not self.redis_url or self._sync_task is not None:
-            return
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
-        self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+        """Start sharing this state through Redis in the running event loop (no-op without REDIS_URL)."""
+        if self.redis_url and self.sync is None:
+            self.sync = state_sync.RedisSync(self, self.redis_url)
+            self.sync.start()
 
     async def stop_sync(self):
-        """Stop syncing and withdraw this worker's numbers."""
-        if self._sync_task is None:
-            return
-        self._sync_task.cancel()
-        try:
-            await self._sync_task
-        except asyncio.CancelledError:
-            pass
-        try:
-            await self._redis.delete(self._key(f"worker:{self.worker_id}"))
-            await self._redis.srem(self._key("workers"), self.worker_id)
-        except Exception:  # best effort: the key expires anyway
-            pass
-        await self._redis.aclose()
-        self._sync_task = self._redis = None
+        """Stop sharing this state and withdraw this worker's figures."""
+        sync, self.sync = self.sync, None
+        if sync is not None:
+            await sync.stop()
 
-    async def _sync_loop(self):
-        """Sync every SYNC_SECONDS until cancelled; a Redis outage degrades to local state."""
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
+    def published(self, now):
+        """Return this worker's own figures as plain values, for the other workers."""
+        minute = {}
+        for instance_id, window in self.minute.items():
+            totals = window.totals(now)
+            if any(totals):
+                minute[instance_id] = list(totals)
+        return {
+            "in_flight": {k: v for k, v in self.in_flight.items() if v},
+            "ewma": self.ewma,
+            "summary": {i: self._local_summary(i, now) for i in self.observations},
+            "minute": minute,
+        }
 
-        while True:
-            try:
-                skipped = await self.sync_once()
-            except asyncio.CancelledError:
-                raise
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self._unreachable(exc)
-            except Exception as exc:
-                # Not an outage: keep the other workers' last figures rather than act as if they had none.
-                self._faulty(f"{exc.__class__.__name__}: {exc}", exc_info=True)
-            else:
-                self._reachable()
-                self._faulty("; ".join(skipped) if skipped else None)
-            await asyncio.sleep(SYNC_SECONDS)
-
-    def _unreachable(self, exc):
-        """Fall back to this worker's own figures while Redis cannot be reached (one warning per outage)."""
-        if self.shared_ok is not False:
-            logger.warning("Redis unreachable (%s): routing state is per worker until it is back", exc)
-        self.shared_ok = False
+    def forget_others(self):
+        """Drop the other workers' figures (Redis cannot be reached: they are stale)."""
         self.others_in_flight.clear()
         self.others_ewma.clear()
         self.others_summary.clear()
         self.others_minute.clear()
-
-    def _reachable(self):
-        """Note that Redis answered (logging the end of an outage)."""
-        if self.shared_ok is False:
-            logger.warning("Redis reachable again: routing state is shared across workers again")
-        self.shared_ok = True
-
-    def _faulty(self, fault, exc_info=False):
-        """Note what went wrong with this sync, or None; log when a fault starts and when syncs work again."""
-        if fault and self.sync_fault is None:
-            logger.error("routing state sync failed: %s", fault, exc_info=exc_info)
-        elif not fault and self.sync_fault is not None:
-            logger.warning("routing state sync works again")
-        self.sync_fault = fault or None
-
-    def _key(self, name):
-        """Return a namespaced Redis key."""
-        return f"{KEY_PREFIX}{name}"
-
-    def _worker_payload(self, now):
-        """Return what this worker publishes about itself."""
-        return json.dumps(
-            {
-                "in_flight": {k: v for k, v in self.in_flight.items() if v},
-                "ewma": self.ewma,
-                "summary": {i: self._local_summary(i, now) for i in self.observations},
-                "minute": {i: list(w.totals(now)) for i, w in self.minute.items() if w.entries},
-            }
-        )
-
-    def _local_summary(self, instance_id, now):
-        """Return this worker's own requests, errors and latency percentiles for an instance."""
-        obs = self.observations.get(instance_id)
-        requests, errors = obs.counts(now, self.policy.window_seconds) if obs is not None else (0, 0)
-        samples = sorted(self.latencies.get(instance_id, ()))
-        return {
-            "requests": requests,
-            "errors": errors,
-            "p50": percentile(samples, 50),
-            "p95": percentile(samples, 95),
-        }
-
-    async def sync_once(self):
-        """Publish this worker's changes and numbers; read everyone else's."""
-        now = time.time()
-        dirty, self._dirty = self._dirty, set()
-        pipe = self._redis.pipeline(transaction=False)
-        if dirty:
-            pipe.hset(self._key("breakers"), mapping={i: json.dumps(self.breaker(i).to_dict()) for i in dirty})
-        pipe.set(self._key(f"worker:{self.worker_id}"), self._worker_payload(now), ex=WORKER_TTL_SECONDS)
-        pipe.sadd(self._key("workers"), self.worker_id)
-        pipe.hgetall(self._key("breakers"))
-        pipe.smembers(self._key("workers"))
-        try:
-            results = await pipe.execute()
-        except Exception:
-            self._dirty |= dirty  # publish them next time
-            raise
-        shared_breakers, workers = results[-2], results[-1]
-        skipped = []  # what was malformed, and left out of this sync
-        for raw_id, raw_state in shared_breakers.items():
-            instance_id = raw_id.decode(errors="replace")
-            if instance_id in self._dirty:
-                continue
-            try:
-                self.breakers[instance_id] = _breaker_from_redis(raw_state)
-            except ValueError as exc:
-                skipped.append(f"breaker of instance {instance_id!r} is malformed ({exc})")
-        others = sorted(w.decode(errors="replace") for w in workers)
-        others = [w for w in others if w != self.worker_id]
-        payloads = await self._redis.mget([self._key(f"worker:{w}") for w in others]) if others else []
-        in_flight, ewma, summary, minute, gone = Counter(), {}, {}, {}, []
-        for worker, payload in zip(others, payloads, strict=True):
-            if payload is None:
-                gone.append(worker)
-                continue
-            try:
-                data = _worker_from_redis(payload)
-            except ValueError as exc:
-                skipped.append(f"figures of worker {worker!r} are malformed ({exc})")
-                continue
-            in_flight.update(data["in_flight"])
-            for instance_id, value in data["ewma"].items():
-                ewma.setdefault(instance_id, []).append(value)
-            for instance_id, value in data["summary"].items():
-                summary.setdefault(instance_id, []).append(value)
-            for instance_id, (requests, tokens) in data["minute"].items():
-                total = minute.setdefault(instance_id, [0, 0])
-                total[0] += requests
-                total[1] += tokens
-        if gone:
-            await self._redis.srem(self._key("workers"), *gone)
-        self.others_in_flight, self.others_ewma, self.others_summary = in_flight, ewma, summary
-        self.others_minute = minute
-        return skipped
-
-
-def _number(value, what, integer=False):
-    """Return value if it is a number of sane size (a whole one if asked); raise ValueError otherwise."""
-    kinds = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not -MAX_FIGURE <= value <= MAX_FIGURE:
-        raise ValueError(f"{what} is not a {'whole ' if integer else ''}number: {value!r:.80}")
-    return value
-
-
-def _mapping(value, what):
-    """Return value if it is a JSON object; raise ValueError otherwise."""
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} is not an object")
-    return value
-
-
-def _json_object(raw, what):
-    """Return the JSON object in raw bytes; raise ValueError otherwise."""
-    try:
-        return _mapping(json.loads(raw), what)
-    except ValueError:
-        raise ValueError(f"{what} is not a JSON object") from None
-
-
-def _breaker_from_redis(raw):
-    """Return the BreakerState a worker published; raise ValueError if it is not one."""
-    data = _json_object(raw, "breaker")
-    state = data.get("state", CLOSED)
-    if state not in (CLOSED, OPEN, HALF_OPEN):
-        raise ValueError(f"unknown state {state!r:.80}")
-    if not isinstance(data.get("reason", ""), str):
-        raise ValueError("reason is not text")
-    _number(data.get("until", 0.0), "until")
-    _number(data.get("trips", 0), "trips", integer=True)
-    return BreakerState.from_dict(data)
-
-
-def _worker_from_redis(raw):
-    """Return the figures a worker published (see `_worker_payload`); raise ValueError if they are not such."""
-    data = _json_object(raw, "payload")
-    in_flight = {i: _number(v, "in_flight", True) for i, v in _mapping(data.get("in_flight", {}), "in_flight").items()}
-    ewma = {i: _number(v, "ewma") for i, v in _mapping(data.get("ewma", {}), "ewma").items()}
-    summary = {}
-    for instance_id, value in _mapping(data.get("summary", {}), "summary").items():
-        value = _mapping(value, "summary")
-        summary[instance_id] = {
-            "requests": _number(value.get("requests"), "summary requests", True),
-            "errors": _number(value.get("errors"), "summary errors", True),
-            **{p: None if value.get(p) is None else _number(value[p], f"summary {p}") for p in ("p50", "p95")},
-        }
-    minute = {}
-    for instance_id, value in _mapping(data.get("minute", {}), "minute").items():
-        if not isinstance(value, list) or len(value) != 2:
-            raise ValueError("minute is not a [requests, tokens] pair")
-        minute[instance_id] = [_number(v, "minute", True) for v in value]
-    return {"in_flight": in_flight, "ewma": ewma, "summary": summary, "minute": minute}
 
 
 _state = None

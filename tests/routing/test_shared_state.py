@@ -12,7 +12,8 @@ import openai
 import pytest
 import redis
 
-from routing.state import SYNC_SECONDS, RoutingState
+from routing.state import RoutingState
+from routing.state_sync import SYNC_SECONDS
 from tests.factories import make_key, make_model, wait_for_model, wait_until_open
 from tests.gateway import Gateway, free_port, wait_until
 from tests.helpers import MESSAGES
@@ -159,8 +160,8 @@ async def _until(predicate, timeout=3):
 
 
 def _sync_messages(caplog):
-    """Return the (level, message) pairs routing.state logged."""
-    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "routing.state"]
+    """Return the (level, message) pairs routing.state_sync logged."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "routing.state_sync"]
 
 
 def _run_with_another_worker(redis_url, scenario):
@@ -182,20 +183,20 @@ def _run_with_another_worker(redis_url, scenario):
 
 
 def test_malformed_values_in_redis_are_skipped_and_logged_as_such_not_as_an_outage(redis_url, caplog):
-    caplog.set_level(logging.INFO, logger="routing.state")
+    caplog.set_level(logging.INFO, logger="routing.state_sync")
     store = redis.Redis.from_url(redis_url)
 
     async def scenario(me):
         store.sadd("chatvault:workers", "w-bad")
         store.set("chatvault:worker:w-bad", b"{not json", ex=60)
         store.hset("chatvault:breakers", "i-bad", json.dumps({"state": "open", "until": "soon"}))
-        await _until(lambda: me.sync_fault is not None)
+        await _until(lambda: me.sync.fault is not None)
         await asyncio.sleep(5 * SYNC_SECONDS)  # several syncs while the values are still there
         assert me.total_in_flight("i") == 1, "the other worker's figures are still in use"
         assert me.usable("i-bad", time.time()), "the malformed breaker was not adopted"
         store.delete("chatvault:worker:w-bad")
         store.hdel("chatvault:breakers", "i-bad")
-        await _until(lambda: me.sync_fault is None)
+        await _until(lambda: me.sync.fault is None)
 
     _run_with_another_worker(redis_url, scenario)
 
@@ -209,21 +210,21 @@ def test_malformed_values_in_redis_are_skipped_and_logged_as_such_not_as_an_outa
 
 
 def test_a_redis_error_that_is_not_an_outage_keeps_the_other_workers_figures(redis_url, caplog):
-    caplog.set_level(logging.INFO, logger="routing.state")
+    caplog.set_level(logging.INFO, logger="routing.state_sync")
     store = redis.Redis.from_url(redis_url)
 
     async def scenario(me):
         store.delete("chatvault:breakers")
         store.set("chatvault:breakers", "a string where a hash belongs")  # every sync now fails with WRONGTYPE
-        await _until(lambda: me.sync_fault is not None)
+        await _until(lambda: me.sync.fault is not None)
         await asyncio.sleep(5 * SYNC_SECONDS)
         assert me.total_in_flight("i") == 1, "the other worker's last figures are kept"
         store.delete("chatvault:breakers")
-        await _until(lambda: me.sync_fault is None)
+        await _until(lambda: me.sync.fault is None)
 
     _run_with_another_worker(redis_url, scenario)
 
-    records = [r for r in caplog.records if r.name == "routing.state" and r.levelno >= logging.ERROR]
+    records = [r for r in caplog.records if r.name == "routing.state_sync" and r.levelno >= logging.ERROR]
     assert len(records) == 2, _sync_messages(caplog)  # one per worker
     assert "ResponseError" in records[0].getMessage() and "WRONGTYPE" in records[0].getMessage()
     assert records[0].exc_info is not None, "the traceback is logged"
