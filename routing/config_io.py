@@ -9,8 +9,13 @@ missing and never modified.
 The format, beyond LiteLLM's own keys:
 - `model_info.id` is the stable instance id (`ProviderInstance.id`), `model_info.enabled` its switch;
 - `model_routing` holds ChatVault's `auto_select` and per-model `capabilities` (and `experiments`, not supported yet).
-A section or key left out means its default (round-robin, auto_select false, no capabilities), as for any desired
-state. Keys of a real LiteLLM config that ChatVault does not use give one warning each and are otherwise ignored.
+A model's metadata overrides travel as LiteLLM's own `model_info` keys (`max_input_tokens`, `supports_*`,
+`input_cost_per_token`, `output_cost_per_token`, prices per token) on its entries. They belong to the model, not the
+instance: export writes them on every entry of the model; on import an entry that leaves a key out says nothing
+about it, and entries that disagree give the most conservative value (`routing.metadata`) and a warning.
+A section or key left out means its default (round-robin, auto_select false, no capabilities, no metadata override:
+the litellm map decides), as for any desired state. Keys of a real LiteLLM config that ChatVault does not use give
+one warning each and are otherwise ignored.
 An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it.
 
 Export writes the same format, without disabled models. Literal API keys are left out unless asked for, so
@@ -19,13 +24,14 @@ export -> import round-trips without a secret ever being printed.
 
 import dataclasses
 import math
+from decimal import Decimal
 
 import yaml
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 
-from routing import secrets
+from routing import metadata, secrets
 from routing.adapters import OPENAI_COMPATIBLE_KINDS
 from routing.balancer import normalize_strategy
 from routing.models import Model, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
@@ -33,7 +39,16 @@ from routing.models import Model, Provider, ProviderInstance, RoutingSettings, R
 TOP_LEVEL_KEYS = ("model_list", "router_settings", "model_routing")
 ENTRY_KEYS = ("model_name", "litellm_params", "model_info")
 PARAM_KEYS = ("model", "api_base", "api_key", "weight", "rpm", "tpm", "timeout", "stream_timeout")
-INFO_KEYS = ("id", "enabled")
+# model_info keys LiteLLM itself reads for a deployment; ChatVault keeps them per model, on these Model fields.
+METADATA_KEYS = {
+    "max_input_tokens": "context_window",
+    "supports_function_calling": "supports_function_calling",
+    "supports_vision": "supports_vision",
+    "supports_response_schema": "supports_response_schema",
+    "input_cost_per_token": "input_cost_per_mtok",
+    "output_cost_per_token": "output_cost_per_mtok",
+}
+INFO_KEYS = ("id", "enabled", *METADATA_KEYS)
 ROUTER_KEYS = ("routing_strategy",)
 MODEL_ROUTING_KEYS = ("auto_select", "capabilities", "experiments")
 
@@ -42,6 +57,9 @@ DEFAULT_KIND = "openai"
 # PositiveIntegerField's upper bound on every backend we run on.
 MAX_INT = 2_147_483_647
 API_KEY_FIELDS = ["api_key_ciphertext", "api_key_env", "api_key_last4"]
+# Model stores prices per million tokens with 6 decimal places (DecimalField(max_digits=12, decimal_places=6)).
+PRICE_STEP = Decimal("0.000001")
+MAX_PRICE_PER_MTOK = Decimal("999999.999999")
 
 _validate_url = URLValidator(schemes=["http", "https"])
 
@@ -97,6 +115,7 @@ class _Entry:
     stream_timeout: float | None
     instance_id: str | None
     enabled: bool
+    metadata: dict  # model_info metadata key -> value this entry sets (prices as exact Decimals per million tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +127,7 @@ class _Plan:
     strategy: str
     auto_select: bool
     capabilities: dict[str, list[str]]
+    metadata: dict[str, dict]  # model name -> Model metadata field -> value (None = not overridden)
 
 
 def load_config_file(path):
@@ -212,6 +232,10 @@ def _parse(data):
     named = {name for name in named if isinstance(name, str)}
     strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
     auto_select, capabilities = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
+    by_model = {}
+    for entry in entries:
+        by_model.setdefault(entry.model_name, []).append(entry)
+    model_metadata = {name: _model_metadata(name, by_model[name], warnings) for name in model_names}
 
     if errors:
         raise ConfigError(errors)
@@ -221,6 +245,7 @@ def _parse(data):
         strategy=strategy,
         auto_select=auto_select,
         capabilities=capabilities,
+        metadata=model_metadata,
     )
     return plan, warnings
 
@@ -322,6 +347,7 @@ def _parse_entry(index, raw, errors, unused):
     enabled = info.get("enabled", True)
     if not isinstance(enabled, bool):
         problems.append("model_info.enabled must be true or false")
+    entry_metadata = _entry_metadata(info, problems)
 
     if problems:
         errors.extend(f"{label}: {problem}" for problem in problems)
@@ -340,7 +366,85 @@ def _parse_entry(index, raw, errors, unused):
         stream_timeout=None if stream_timeout is None else float(stream_timeout),
         instance_id=instance_id,
         enabled=enabled,
+        metadata=entry_metadata,
     )
+
+
+def _entry_metadata(info, problems):
+    """Return the metadata keys an entry's model_info sets (null = not set); add a problem for each invalid one."""
+    found = {}
+    for key in METADATA_KEYS:
+        value = info.get(key)
+        if value is None:
+            continue
+        if key in metadata.FEATURES:
+            if isinstance(value, bool):
+                found[key] = value
+            else:
+                problems.append(f"model_info.{key} must be true or false, not {value!r}")
+        elif key == "max_input_tokens":
+            if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_INT:
+                found[key] = value
+            else:
+                problems.append(f"model_info.{key} must be a whole number of tokens from 1 to {MAX_INT}, not {value!r}")
+        else:
+            per_mtok = _price_per_mtok(value)
+            if per_mtok is not None:
+                found[key] = per_mtok
+            else:
+                hint = " (YAML reads 1e-06, without a dot, as text: write 1.0e-06)" if _looks_numeric(value) else ""
+                problems.append(
+                    f"model_info.{key} must be a number of USD per token from 0 to 0.999999, not {value!r}{hint}"
+                )
+    return found
+
+
+def _price_per_mtok(value):
+    """Return a per-token price as an exact Decimal per million tokens, or None if it is no storable price."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:  # NaN fails too
+        return None
+    per_mtok = Decimal(str(value)) * metadata.PER_MILLION
+    return per_mtok if per_mtok.quantize(PRICE_STEP) <= MAX_PRICE_PER_MTOK else None
+
+
+def _looks_numeric(value):
+    """Return whether value is text in exponent notation, which YAML 1.1 reads as a number only with a dot."""
+    if not isinstance(value, str) or "e" not in value.lower():
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _model_metadata(name, entries, warnings):
+    """Return a model's metadata overrides (Model field -> value) from its entries; warn where they disagree."""
+    overrides = {}
+    for key, field in METADATA_KEYS.items():
+        said = list(dict.fromkeys(entry.metadata[key] for entry in entries if key in entry.metadata))
+        value = metadata.most_conservative(key, said)
+        if len(said) > 1:
+            shown = ", ".join(_shown(key, v) for v in said)
+            warnings.append(
+                f"model {name}: its entries disagree on model_info.{key} ({shown}); "
+                f"using the most conservative, {_shown(key, value)}"
+            )
+        if value is not None and field.endswith("_per_mtok") and value != value.quantize(PRICE_STEP):
+            value = value.quantize(PRICE_STEP)
+            warnings.append(
+                f"model {name}: model_info.{key} is stored rounded to {_shown(key, value)} "
+                "(ChatVault keeps prices to 6 decimal places per million tokens)"
+            )
+        overrides[field] = value
+    return overrides
+
+
+def _shown(key, value):
+    """Return a metadata value as the file writes it (prices per token)."""
+    if key in metadata.PRICES:
+        return str(_per_token_number(value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _number(params, key, problems, *, minimum=None, positive=False):
@@ -442,7 +546,7 @@ def _apply(plan, report):
     listed = set(plan.model_names)
 
     for name in plan.model_names:
-        desired = {"enabled": True, "capabilities": plan.capabilities.get(name, [])}
+        desired = {"enabled": True, "capabilities": plan.capabilities.get(name, []), **plan.metadata[name]}
         model = models.get(name)
         if model is None:
             models[name] = Model.objects.create(name=name, **desired)
@@ -620,8 +724,27 @@ def _export_entry(instance, *, include_secrets):
     return {
         "model_name": instance.model.name,
         "litellm_params": params,
-        "model_info": {"id": instance.id, "enabled": instance.enabled},
+        "model_info": {"id": instance.id, "enabled": instance.enabled, **_export_metadata(instance.model)},
     }
+
+
+def _export_metadata(model):
+    """Return the model's metadata overrides as model_info keys (the litellm map's values are not written)."""
+    info = {}
+    for key, field in METADATA_KEYS.items():
+        value = getattr(model, field)
+        if value is not None:
+            info[key] = _per_token_number(value) if key in metadata.PRICES else value
+    return info
+
+
+def _per_token_number(per_mtok):
+    """Return a price per million tokens as the per-token number LiteLLM reads.
+
+    A float holds the stored value exactly enough: it has at most 12 significant digits, and a float's shortest
+    representation keeps up to 15, so the file reads back to the same Decimal.
+    """
+    return float(metadata.per_token(per_mtok))
 
 
 def _plain(value):

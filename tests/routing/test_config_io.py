@@ -3,6 +3,7 @@
 import copy
 import io
 import re
+from decimal import Decimal
 
 import pytest
 import yaml
@@ -29,12 +30,18 @@ model_list:
       stream_timeout: 10
     model_info:
       id: mini-a
+      max_input_tokens: 64000
+      supports_vision: false
+      input_cost_per_token: 1.23456e-07
   - model_name: vault-gpt-4o-mini
     litellm_params:
       model: openai/gpt-4o-mini
       api_base: http://127.0.0.1:9002/v1
       api_key: sk-literal-secret-abcd1234
       max_parallel_requests: 5
+    model_info:
+      max_input_tokens: 64000
+      supports_vision: false
   - model_name: vault-claude
     litellm_params:
       model: anthropic/claude-3-5-haiku-20241022
@@ -43,6 +50,9 @@ model_list:
     model_info:
       id: claude-1
       enabled: true
+      supports_function_calling: true
+      supports_response_schema: true
+      output_cost_per_token: 4.0e-06
 router_settings:
   routing_strategy: simple-shuffle
   num_retries: 2
@@ -60,6 +70,16 @@ model_routing:
 """
 
 
+METADATA_FIELDS = (
+    "context_window",
+    "supports_function_calling",
+    "supports_vision",
+    "supports_response_schema",
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
+)
+
+
 def realistic():
     """Return the realistic config as a fresh mapping."""
     return yaml.safe_load(REALISTIC)
@@ -69,7 +89,7 @@ def db_state():
     """Return every routing row that an import may touch, as comparable plain values."""
     return {
         "providers": sorted(Provider.objects.values_list("name", "kind", "openai_compatible", "api_base")),
-        "models": sorted(Model.objects.values_list("name", "enabled", "capabilities")),
+        "models": sorted(Model.objects.values_list("name", "enabled", "capabilities", *METADATA_FIELDS)),
         "instances": sorted(
             ProviderInstance.objects.values_list(
                 "id",
@@ -321,8 +341,12 @@ def test_export_writes_the_import_format():
     assert names_ids == sorted(
         [("vault-claude", "claude-1"), ("vault-gpt-4o-mini", "mini-a"), ("vault-gpt-4o-mini", literal_id)]
     )
+    # A model's metadata overrides go on every entry of the model, the litellm map's values nowhere.
+    mini_metadata = {"max_input_tokens": 64000, "supports_vision": False, "input_cost_per_token": 1.23456e-07}
     mini_a = next(e for e in exported["model_list"] if e["model_info"]["id"] == "mini-a")
-    assert mini_a["model_info"] == {"id": "mini-a", "enabled": False}
+    assert mini_a["model_info"] == {"id": "mini-a", "enabled": False, **mini_metadata}
+    literal = next(e for e in exported["model_list"] if e["model_info"]["id"] == literal_id)
+    assert literal["model_info"] == {"id": literal_id, "enabled": True, **mini_metadata}
     assert mini_a["litellm_params"] == {
         "model": "openai/gpt-4o-mini",
         "api_base": "http://127.0.0.1:9001/v1",
@@ -334,6 +358,13 @@ def test_export_writes_the_import_format():
         "stream_timeout": 10,
     }
     claude = next(e for e in exported["model_list"] if e["model_info"]["id"] == "claude-1")
+    assert claude["model_info"] == {
+        "id": "claude-1",
+        "enabled": True,
+        "supports_function_calling": True,
+        "supports_response_schema": True,
+        "output_cost_per_token": 4e-06,
+    }
     assert claude["litellm_params"] == {
         "model": "anthropic/claude-3-5-haiku-20241022",
         "api_key": "os.environ/ANTHROPIC_API_KEY",
@@ -425,6 +456,39 @@ BAD_FILES = [
     (
         lambda d: d["model_routing"]["capabilities"].update({"vault-ghost": ["analysis"]}),
         "model_routing.capabilities.vault-ghost: model 'vault-ghost' is not in model_list",
+    ),
+    (
+        lambda d: d["model_list"][0]["model_info"].update(supports_vision="no"),
+        "model_list[0] (vault-gpt-4o-mini): model_info.supports_vision must be true or false, not 'no'",
+    ),
+    (
+        lambda d: d["model_list"][2]["model_info"].update(supports_function_calling=1),
+        "model_list[2] (vault-claude): model_info.supports_function_calling must be true or false, not 1",
+    ),
+    (
+        lambda d: d["model_list"][1]["model_info"].update(max_input_tokens=0),
+        "model_list[1] (vault-gpt-4o-mini): model_info.max_input_tokens must be a whole number of tokens from 1",
+    ),
+    (
+        lambda d: d["model_list"][1]["model_info"].update(max_input_tokens=128000.5),
+        "model_list[1] (vault-gpt-4o-mini): model_info.max_input_tokens must be a whole number of tokens",
+    ),
+    (
+        lambda d: d["model_list"][0]["model_info"].update(input_cost_per_token=-1.0e-07),
+        "model_list[0] (vault-gpt-4o-mini): model_info.input_cost_per_token must be a number of USD per token",
+    ),
+    (
+        lambda d: d["model_list"][2]["model_info"].update(output_cost_per_token=2),
+        "model_list[2] (vault-claude): model_info.output_cost_per_token must be a number of USD per token from 0",
+    ),
+    (
+        lambda d: d["model_list"][2]["model_info"].update(output_cost_per_token=True),
+        "model_list[2] (vault-claude): model_info.output_cost_per_token must be a number of USD per token",
+    ),
+    (
+        lambda d: d["model_list"][2]["model_info"].update(output_cost_per_token="4e-06"),
+        "model_info.output_cost_per_token must be a number of USD per token from 0 to 0.999999, not '4e-06' "
+        "(YAML reads 1e-06, without a dot, as text: write 1.0e-06)",
     ),
     (
         lambda d: d.update(model_list={"vault-x": {}}),
@@ -585,7 +649,12 @@ def test_an_instance_id_listed_under_another_model_moves_there():
     report = routing_config_import(data=data)
 
     assert ProviderInstance.objects.get(pk="mini-a").model.name == "vault-claude"
-    assert report.changes == ["update instance mini-a: model"]
+    # The metadata mini-a's entry carries moves with it: it now speaks for vault-claude, no longer for the mini.
+    assert report.changes == [
+        "update model vault-claude: context_window, supports_vision, input_cost_per_mtok",
+        "update model vault-gpt-4o-mini: input_cost_per_mtok",
+        "update instance mini-a: model",
+    ]
 
 
 @pytest.mark.django_db
@@ -601,3 +670,100 @@ def test_auto_select_is_stored_with_a_warning_that_it_does_nothing_yet():
     )
     assert RoutingSettings.load().auto_select is True
     assert any("automatic model selection is not yet supported" in w for w in report.warnings)
+
+
+@pytest.mark.django_db
+def test_it_imports_model_metadata_from_model_info_as_model_overrides():
+    report = routing_config_import(data=realistic())
+
+    mini = Model.objects.get(name="vault-gpt-4o-mini")
+    assert (mini.context_window, mini.supports_vision) == (64000, False)
+    assert mini.input_cost_per_mtok == Decimal("0.123456")  # 1.23456e-07 per token, exactly
+    # What the file leaves out stays unset, for the litellm map to decide.
+    assert (mini.supports_function_calling, mini.supports_response_schema, mini.output_cost_per_mtok) == (
+        None,
+        None,
+        None,
+    )
+    claude = Model.objects.get(name="vault-claude")
+    assert (claude.supports_function_calling, claude.supports_response_schema) == (True, True)
+    assert claude.output_cost_per_mtok == Decimal("4")
+    assert (claude.context_window, claude.supports_vision, claude.input_cost_per_mtok) == (None, None, None)
+    # mini-a alone names the input price; the other entry is silent about it, which is no disagreement.
+    assert not any("disagree" in w for w in report.warnings)
+
+
+@pytest.mark.django_db
+def test_entries_that_disagree_give_the_most_conservative_value_and_a_warning_naming_model_and_key():
+    data = realistic()
+    other = data["model_list"][1]["model_info"]
+    other.update(max_input_tokens=8000, supports_vision=True, input_cost_per_token=2.0e-07)
+    data["model_list"][0]["model_info"]["supports_function_calling"] = True
+    other["supports_function_calling"] = False
+
+    report = routing_config_import(data=data)
+
+    mini = Model.objects.get(name="vault-gpt-4o-mini")
+    assert mini.context_window == 8000  # the smallest window
+    assert mini.supports_vision is False  # False over True
+    assert mini.supports_function_calling is False
+    assert mini.input_cost_per_mtok == Decimal("0.2")  # the highest price
+    disagreements = [w for w in report.warnings if "disagree" in w]
+    assert disagreements == [
+        "model vault-gpt-4o-mini: its entries disagree on model_info.max_input_tokens (64000, 8000); "
+        "using the most conservative, 8000",
+        "model vault-gpt-4o-mini: its entries disagree on model_info.supports_function_calling (true, false); "
+        "using the most conservative, false",
+        "model vault-gpt-4o-mini: its entries disagree on model_info.supports_vision (false, true); "
+        "using the most conservative, false",
+        "model vault-gpt-4o-mini: its entries disagree on model_info.input_cost_per_token (1.23456e-07, 2e-07); "
+        "using the most conservative, 2e-07",
+    ]
+
+
+@pytest.mark.django_db
+def test_leaving_metadata_out_of_the_file_clears_the_overrides():
+    routing_config_import(data=realistic())
+    data = realistic()
+    for entry in data["model_list"]:
+        entry["model_info"] = {key: value for key, value in entry["model_info"].items() if key in ("id", "enabled")}
+
+    report = routing_config_import(data=data)
+
+    assert set(Model.objects.values_list(*METADATA_FIELDS)) == {(None,) * len(METADATA_FIELDS)}
+    assert sorted(report.changes) == [
+        "update model vault-claude: supports_function_calling, supports_response_schema, output_cost_per_mtok",
+        "update model vault-gpt-4o-mini: context_window, supports_vision, input_cost_per_mtok",
+    ]
+
+
+@pytest.mark.django_db
+def test_a_price_finer_than_chatvault_stores_is_rounded_with_a_warning():
+    data = realistic()
+    data["model_list"][0]["model_info"]["input_cost_per_token"] = 1.2345678e-07
+
+    report = routing_config_import(data=data)
+
+    assert Model.objects.get(name="vault-gpt-4o-mini").input_cost_per_mtok == Decimal("0.123457")
+    assert report.warnings[-1] == (
+        "model vault-gpt-4o-mini: model_info.input_cost_per_token is stored rounded to 1.23457e-07 "
+        "(ChatVault keeps prices to 6 decimal places per million tokens)"
+    )
+    # The rounded value is what the database holds, so the same file imports again without a change.
+    assert not routing_config_import(data=data).changed
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("per_mtok", ["999999.999999", "0.000001", "0", "2.5", "0.123456"])
+def test_every_storable_price_round_trips_exactly(per_mtok):
+    routing_config_import(data=realistic())
+    Model.objects.filter(name="vault-claude").update(input_cost_per_mtok=Decimal(per_mtok))
+    before = db_state()
+
+    text = yaml.safe_dump(routing_config_export())
+    report = routing_config_import(data=yaml.safe_load(text))
+
+    assert not report.changed, report.changes
+    assert report.warnings == []
+    assert db_state() == before
+    assert Model.objects.get(name="vault-claude").input_cost_per_mtok == Decimal(per_mtok)
