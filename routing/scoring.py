@@ -5,8 +5,9 @@ The score is a weighted sum of three parts, each in [0, 1]:
 
 - **capability fit**: 1 when the model is tagged for the request's context type, else 0 (a model tagged
   `general_chat` gets half a point for any type: it is meant to take anything);
-- **performance**: the success rate of its instances (to the 4th power) times a latency factor (the best eligible latency over this
-  model's; unmeasured counts as the best, so a model nobody has tried, or whose figures went stale, is tried again);
+- **performance**: the success rate of its instances (to the 4th power) times a latency factor (the best eligible
+  latency over this model's; unmeasured counts as the best, so a model nobody has tried, or whose figures went
+  stale, is tried again);
 - **cost**: the cheapest eligible expected cost over this model's (1 for the cheapest; unknown prices score 0.5).
 
 With the default weights capability outweighs performance and cost together, so a request goes to a model tagged
