@@ -9,8 +9,9 @@ means a new thread per request; profiling showed the thread churn and GIL hand-o
 The API views are async, authenticate from the snapshot and never touch the database, so they need none of that:
 `APIHandler` gives them a middleware chain of their own (request id, Host check), skips the database housekeeping
 signal, and closes the response inline (its `request_finished` receivers find no connection on the loop's thread).
-The admin keeps Django's handler and full middleware stack, and so do the operator endpoints under `/v1/admin/`: they
-accept a staff session, which needs the session and authentication middleware, and they are not on the hot path.
+It serves an explicit list of routes (`LEAN_PATHS`); everything else keeps Django's handler and full middleware
+stack: the admin, the operator endpoints under `/v1/admin/` (they accept a staff session, which needs the session
+and authentication middleware, and they are not on the hot path), and any route not made lean on purpose.
 
 Every request's body is read first by `read_limited_body`, which refuses one larger than CHATVAULT_MAX_BODY_BYTES
 before reading it, and before authentication (Django's own `read_body` would spool any size to a temporary file).
@@ -33,10 +34,11 @@ from routing import request_log, runtime
 from routing.errors import PayloadTooLarge
 from routing.middleware import allowed_host_middleware, request_id_middleware
 
-# Paths served by async views that never use the database.
-API_PREFIXES = ("/v1/", "/healthz")
-# Under /v1/ but served by Django's handler (session authentication, a database query).
-ADMIN_API_PREFIX = "/v1/admin/"
+# The routes `APIHandler` serves: async views that never use the database. Every other path, a new endpoint included,
+# runs on Django's handler with its per-request connection housekeeping; list a route here only once its view is
+# made lean on purpose (see routing/api.py), never a whole prefix.
+LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz"})
+LEAN_PATH_PREFIXES = ("/v1/models/",)  # /v1/models/<model>; a model name may hold slashes
 # Takes no body: one sent to it is never read.
 HEALTH_PATH = "/healthz"
 # How long the rest of a refused body is read (and thrown away) so that the client gets to read the answer.
@@ -44,8 +46,8 @@ LINGER_SECONDS = 10.0
 
 
 def is_api_path(path):
-    """Return whether the API handler serves this path."""
-    return path.startswith(API_PREFIXES) and not path.startswith(ADMIN_API_PREFIX)
+    """Return whether the lean API handler serves this path (one of the lean routes)."""
+    return path in LEAN_PATHS or path.startswith(LEAN_PATH_PREFIXES)
 
 
 def _content_length(scope):
