@@ -35,8 +35,8 @@ from routing.errors import PayloadTooLarge
 from routing.middleware import allowed_host_middleware, request_id_middleware
 
 # The routes `APIHandler` serves: async views that never use the database. Every other path, a new endpoint included,
-# runs on Django's handler with its per-request connection housekeeping; list a route here only once its view is
-# made lean on purpose (see routing/api.py), never a whole prefix.
+# runs on Django's handler with its per-request connection housekeeping. Add a route here only once its view is made
+# lean on purpose (and declared so in tests/test_handlers.py); a prefix stands for one route's own parameter only.
 LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz"})
 LEAN_PATH_PREFIXES = ("/v1/models/",)  # /v1/models/<model>; a model name may hold slashes
 # Takes no body: one sent to it is never read.
