@@ -17,14 +17,14 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count
+from django.db.models import Count, Prefetch
 from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from routing import secrets, state
+from routing import metadata, secrets, state
 from routing.auth import assign_new_secret
 from routing.health import CLOSED
 from routing.models import (
@@ -151,11 +151,21 @@ class CommaSeparatedListField(forms.CharField):
         return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
+class OverrideSelect(forms.NullBooleanSelect):
+    """A yes / no / "from the litellm map" choice for a tri-state metadata override."""
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs)
+        self.choices = (("unknown", "From the litellm map"), ("true", "Yes"), ("false", "No"))
+
+
 class PublicModelForm(forms.ModelForm):
-    """Model form with capabilities edited as comma-separated text."""
+    """Model form with capabilities edited as comma-separated text and tri-state metadata overrides."""
 
     capabilities = CommaSeparatedListField(
-        required=False, help_text="Comma-separated capability tags, e.g. general_chat, code, long_context."
+        required=False,
+        help_text="Comma-separated capability tags, e.g. code_generation, code_review, math, analysis, "
+        "creative_writing, summarization, translation, question_answering, general_chat.",
     )
 
     class Meta:
@@ -166,10 +176,14 @@ class PublicModelForm(forms.ModelForm):
             "enabled",
             "strategy",
             "capabilities",
+            "context_window",
+            "supports_function_calling",
+            "supports_vision",
+            "supports_response_schema",
             "input_cost_per_mtok",
             "output_cost_per_mtok",
-            "context_window",
         )
+        widgets = {field: OverrideSelect for field in metadata.FEATURES}
 
 
 class ProviderInstanceInlineForm(forms.ModelForm):
@@ -304,24 +318,116 @@ class ProviderInstanceInline(LiveStateMixin, admin.TabularInline):
     show_change_link = True
 
 
+SOURCE_LABELS = {metadata.OVERRIDE: "override", metadata.LITELLM: "litellm map", None: "unknown"}
+METADATA_LABELS = {
+    "context_window": "Context window (max input tokens)",
+    "supports_function_calling": "Function calling",
+    "supports_vision": "Vision (image input)",
+    "supports_response_schema": "Response schema / JSON mode",
+    "input_cost_per_token": "Input price (USD per million tokens)",
+    "output_cost_per_token": "Output price (USD per million tokens)",
+    "capabilities": "Capability tags",
+}
+
+
+def model_metadata(obj):
+    """Return a model's effective metadata, from the same resolver the routing snapshot uses (cached on the row).
+
+    The row comes from `PublicModelAdmin.get_queryset`, which prefetches its enabled instances.
+    """
+    if not hasattr(obj, "_effective_metadata"):
+        upstream = [] if obj._state.adding else [inst.litellm_model for inst in obj.enabled_instances]
+        obj._effective_metadata = metadata.for_model(obj, upstream)
+    return obj._effective_metadata
+
+
+def _per_mtok_text(per_token):
+    """Return a per-token price as plain text in USD per million tokens."""
+    return f"{(per_token * metadata.PER_MILLION).normalize():f}"
+
+
+def _metadata_text(key, value):
+    """Return one effective metadata value as text."""
+    if key == "capabilities":
+        return ", ".join(value) if value else "none"
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key in metadata.PRICES:
+        return _per_mtok_text(value)
+    return f"{value:,}"
+
+
+class MissingMetadataFilter(admin.SimpleListFilter):
+    """Filter models that selection cannot price or size: no price or no context window from any source."""
+
+    title = "metadata"
+    parameter_name = "metadata"
+
+    def lookups(self, request, model_admin):
+        """Return the filter choices."""
+        return (("price", "Missing price"), ("window", "Missing window"), ("complete", "Price and window known"))
+
+    def queryset(self, request, queryset):
+        """Return the models missing the chosen value (computed, since the litellm map is not in the database)."""
+        if self.value() in ("price", "window"):
+            return queryset.filter(pk__in=[m.pk for m in queryset if self.value() in model_metadata(m).missing()])
+        if self.value() == "complete":
+            return queryset.filter(pk__in=[m.pk for m in queryset if not model_metadata(m).missing()])
+        return queryset
+
+
 @admin.register(Model)
 class PublicModelAdmin(admin.ModelAdmin):
-    """Public model names and the instances that serve them."""
+    """Public model names, their metadata, and the instances that serve them."""
 
     form = PublicModelForm
-    list_display = ("name", "enabled", "routing_strategy", "instance_count", "capability_list")
-    list_filter = ("enabled", "strategy")
+    list_display = (
+        "name",
+        "enabled",
+        "routing_strategy",
+        "instance_count",
+        "capability_list",
+        "effective_window",
+        "effective_prices",
+        "missing_metadata",
+    )
+    list_filter = ("enabled", "strategy", MissingMetadataFilter)
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled", "strategy", "capabilities")}),
-        ("Overrides", {"fields": ("input_cost_per_mtok", "output_cost_per_mtok", "context_window")}),
+        (
+            "Metadata overrides",
+            {
+                "description": "An empty override uses litellm's model map for the upstream models "
+                "of the enabled instances; where they differ, the most conservative value (smallest window, "
+                "no over yes, highest price).",
+                "fields": (
+                    "context_window",
+                    "supports_function_calling",
+                    "supports_vision",
+                    "supports_response_schema",
+                    "input_cost_per_mtok",
+                    "output_cost_per_mtok",
+                ),
+            },
+        ),
+        ("Effective metadata", {"fields": ("effective_metadata",)}),
     )
+    readonly_fields = ("effective_metadata",)
     inlines = (ProviderInstanceInline,)
     actions = (enable_selected, disable_selected)
 
     def get_queryset(self, request):
-        """Annotate each model with its number of instances."""
-        return super().get_queryset(request).annotate(instance_count=Count("instances"))
+        """Annotate each model with its number of instances and fetch the enabled ones' upstream models."""
+        enabled = ProviderInstance.objects.filter(enabled=True).only("id", "model_id", "litellm_model")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(instance_count=Count("instances"))
+            .prefetch_related(Prefetch("instances", queryset=enabled, to_attr="enabled_instances"))
+        )
 
     @admin.display(description="Strategy", ordering="strategy")
     def routing_strategy(self, obj):
@@ -337,6 +443,42 @@ class PublicModelAdmin(admin.ModelAdmin):
     def capability_list(self, obj):
         """Return the capability tags, comma-separated."""
         return ", ".join(str(tag) for tag in obj.capabilities or [])
+
+    @admin.display(description="Context window")
+    def effective_window(self, obj):
+        """Return the effective context window, or "unknown"."""
+        return _metadata_text("context_window", model_metadata(obj).context_window)
+
+    @admin.display(description="Price in / out (USD per M tokens)")
+    def effective_prices(self, obj):
+        """Return the effective input and output prices per million tokens."""
+        meta = model_metadata(obj)
+        return " / ".join(
+            _metadata_text(key, getattr(meta, key)) for key in ("input_cost_per_token", "output_cost_per_token")
+        )
+
+    @admin.display(description="Missing")
+    def missing_metadata(self, obj):
+        """Return what selection cannot know about the model ("missing price", "missing window"), or "—"."""
+        return ", ".join(f"missing {gap}" for gap in model_metadata(obj).missing()) or "—"
+
+    @admin.display(description="Effective values")
+    def effective_metadata(self, obj):
+        """Return a table of each effective value and where it came from (override, litellm map or unknown)."""
+        meta = model_metadata(obj)
+        rows = (
+            (
+                METADATA_LABELS[key],
+                _metadata_text(key, getattr(meta, key)),
+                SOURCE_LABELS[meta.sources[key]],
+            )
+            for key in (*metadata.FIELDS, "capabilities")
+        )
+        return format_html(
+            '<table class="effective-metadata"><thead><tr><th>Value</th><th>Effective</th><th>From</th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
 
 
 @admin.register(ProviderInstance)

@@ -4,6 +4,7 @@ read-only, and actions tell the workers that the configuration changed."""
 import json
 import re
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
@@ -336,6 +337,117 @@ def test_model_inline_locks_the_id_of_saved_instances(admin_client, model, insta
 def test_model_changelist_counts_instances(admin_client, instance):
     response = admin_client.get(url("model_changelist"))
     assert response.context["cl"].result_list[0].instance_count == 1
+
+
+# --- Model metadata -----------------------------------------------------------------------------------------------
+
+
+def effective_rows(page):
+    """Return the effective-metadata table of a model page as {label: (value, source)}."""
+    table = re.search(r'<table class="effective-metadata">.*?</table>', page, re.S).group(0)
+    cells = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", table)
+    return {label: (value, source) for label, value, source in cells}
+
+
+def test_model_metadata_overrides_are_edited_in_admin(admin_client, model):
+    data = model_data(
+        model,
+        context_window="32000",
+        supports_function_calling="true",
+        supports_vision="false",
+        supports_response_schema="unknown",
+        input_cost_per_mtok="0.15",
+        output_cost_per_mtok="0",
+    )
+
+    response = admin_client.post(url("model_change", model.pk), data)
+
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert model.context_window == 32000
+    assert (model.supports_function_calling, model.supports_vision, model.supports_response_schema) == (
+        True,
+        False,
+        None,
+    )
+    assert (model.input_cost_per_mtok, model.output_cost_per_mtok) == (Decimal("0.15"), Decimal("0"))
+    page = admin_client.get(url("model_change", model.pk)).content.decode()
+    assert '<option value="unknown" selected>From the litellm map</option>' in page
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("context_window", "0"), ("input_cost_per_mtok", "-1"), ("output_cost_per_mtok", "0.0000001")],
+)
+def test_model_metadata_refuses_values_out_of_range(admin_client, model, field, value):
+    response = admin_client.post(url("model_change", model.pk), model_data(model, **{field: value}))
+
+    assert response.status_code == 200
+    assert field in response.context["adminform"].form.errors
+    model.refresh_from_db()
+    assert getattr(model, field) is None
+
+
+def test_model_page_shows_each_effective_value_and_where_it_came_from(admin_client, model, instance):
+    # instance runs openai/gpt-4o, which litellm's map knows.
+    Model.objects.filter(pk=model.pk).update(context_window=1000, supports_vision=False)
+
+    rows = effective_rows(admin_client.get(url("model_change", model.pk)).content.decode())
+
+    assert rows == {
+        "Context window (max input tokens)": ("1,000", "override"),
+        "Function calling": ("yes", "litellm map"),
+        "Vision (image input)": ("no", "override"),
+        "Response schema / JSON mode": ("yes", "litellm map"),
+        "Input price (USD per million tokens)": ("2.5", "litellm map"),
+        "Output price (USD per million tokens)": ("10", "litellm map"),
+        "Capability tags": ("general_chat, code", "override"),
+    }
+
+
+def test_a_model_the_map_does_not_know_shows_unknown_values(admin_client, provider):
+    llama = Model.objects.create(name="vault-llama")
+    ProviderInstance.objects.create(id="llama-1", model=llama, provider=provider, litellm_model="hosted_vllm/llama-3")
+    # A disabled instance serves nothing, so what the map says about it does not count.
+    ProviderInstance.objects.create(
+        id="llama-old", model=llama, provider=provider, litellm_model="openai/gpt-4o", enabled=False
+    )
+
+    rows = effective_rows(admin_client.get(url("model_change", llama.pk)).content.decode())
+
+    assert set(rows.values()) == {("unknown", "unknown"), ("none", "unknown")}
+
+
+def test_the_model_list_flags_and_filters_models_without_a_price_or_window(admin_client, model, instance, provider):
+    llama = Model.objects.create(name="vault-llama")
+    ProviderInstance.objects.create(id="llama-1", model=llama, provider=provider, litellm_model="hosted_vllm/llama-3")
+    priced = Model.objects.create(name="vault-priced", input_cost_per_mtok=1, output_cost_per_mtok=2)
+    ProviderInstance.objects.create(id="priced-1", model=priced, provider=provider, litellm_model="hosted_vllm/x")
+
+    page = admin_client.get(url("model_changelist")).content.decode()
+
+    assert '<td class="field-missing_metadata">missing price, missing window</td>' in page
+    assert '<td class="field-missing_metadata">missing window</td>' in page
+    assert '<td class="field-effective_prices">1 / 2</td>' in page
+    assert '<td class="field-effective_window">128,000</td>' in page  # gpt-4o's, from the map
+
+    def listed(**params):
+        response = admin_client.get(url("model_changelist"), params)
+        return sorted(m.name for m in response.context["cl"].result_list)
+
+    assert listed(metadata="price") == ["vault-llama"]
+    assert listed(metadata="window") == ["vault-llama", "vault-priced"]
+    assert listed(metadata="complete") == ["vault-gpt"]
+    assert listed() == ["vault-gpt", "vault-llama", "vault-priced"]
+
+
+def test_model_changelist_does_not_query_per_row(admin_client, provider, django_assert_max_num_queries):
+    for n in range(5):
+        row = Model.objects.create(name=f"vault-{n}")
+        ProviderInstance.objects.create(id=f"i-{n}", model=row, provider=provider, litellm_model="openai/gpt-4o")
+    admin_client.get(url("model_changelist"))  # warm the session and content types
+    with django_assert_max_num_queries(8):
+        assert admin_client.get(url("model_changelist")).status_code == 200
 
 
 @pytest.mark.parametrize("name", ("model", "providerinstance"))
