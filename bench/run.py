@@ -69,6 +69,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_LISTENING = re.compile(r"fake provider listening on http://127\.0\.0\.1:(\d+)")
 MODEL = "bench-model"
 STREAM_MODEL = "bench-stream"
+AUTO = "auto"  # automatic selection: the gateway picks bench-model (the two tie, and ties break by name)
 STREAM_CHUNKS = 20
 STREAM_CHUNK_DELAY_MS = 20
 REQUEST_TIMEOUT_S = 60  # per request; every phase is also bounded as a whole
@@ -87,6 +88,7 @@ TARGETS = [
     ("start-up time", "startup_s", "<=", 2, "s"),
     ("errors in 256-stream phase", "stream256_errors", "<=", 0, ""),
     ("RequestLog rows != gateway requests sent", "requestlog_mismatch", "<=", 0, ""),
+    ("selection adds, p50 (model=auto vs named)", "selection_added_p50_ms", "<=", 0.3, "ms"),
 ]
 
 # LiteLLM proxy, measured on this machine type (name, LiteLLM figure, our key, unit, higher is better).
@@ -600,6 +602,7 @@ PHASES = [
     ("c", "streaming, 32 streams", STREAM_MODEL, True, 32, False),
     ("d", "streaming, c=1", STREAM_MODEL, True, 1, False),
     ("e", "streaming, 256 streams", STREAM_MODEL, True, 256, True),
+    ("f", "model=auto, c=1", AUTO, False, 1, False),
 ]
 
 
@@ -692,6 +695,12 @@ def derive(figures):
         "gateway_errors_total": sum(r["errors"] for k, r in ph.items() if k.endswith("_gateway")),
         "direct_errors_total": sum(r["errors"] for k, r in ph.items() if k.endswith("_direct")),
         "requestlog_mismatch": abs(figures["request_log"]["missing"]),
+        # What selection adds: the same request with model=auto against the model named, both through the gateway.
+        "selection_added_p50_ms": diff(lat("f_gateway", "p50"), lat("a_gateway", "p50")),
+        "selection_added_p99_ms": diff(lat("f_gateway", "p99"), lat("a_gateway", "p99")),
+        "selection_cpu_ms_per_req": diff(
+            ph["f_gateway"]["cpu"]["gateway"]["ms_per_req"], ph["a_gateway"]["cpu"]["gateway"]["ms_per_req"]
+        ),
     }
     return d
 
@@ -796,6 +805,10 @@ def report(figures):
     )
     w(f"  added TTFT c=1           : p50 {fmt(d['added_ttft_p50_ms'], 2)} ms, p99 {fmt(d['added_ttft_p99_ms'], 2)} ms")
     w(
+        f"  selection (auto vs named): p50 {fmt(d['selection_added_p50_ms'], 3)} ms, "
+        f"p99 {fmt(d['selection_added_p99_ms'], 3)} ms, CPU {fmt(d['selection_cpu_ms_per_req'], 3)} ms per request"
+    )
+    w(
         f"  streaming at 256         : {fmt(d['gw_streams_c256'])} vs {fmt(d['direct_streams_c256'])} streams/s "
         f"direct; errors {d['stream256_errors']} gateway, {d['stream256_direct_errors']} direct"
     )
@@ -898,10 +911,11 @@ def main(argv=None):
         direct = {
             MODEL: Target("direct", port_a, {}, {}),
             STREAM_MODEL: Target("direct", port_b, {}, {}),
+            AUTO: Target("direct", port_a, {}, {}),
         }
         rss_watch = RssWatch(gw_proc.pid)
 
-        fake_pids = {MODEL: fake_a.pid, STREAM_MODEL: fake_b.pid}
+        fake_pids = {MODEL: fake_a.pid, STREAM_MODEL: fake_b.pid, AUTO: fake_a.pid}
         loop_factory = uvloop.new_event_loop if uvloop is not None else None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             idle_rss, idle_cpu_pct, phases = runner.run(run_load(args, direct, gateway, fake_pids, rss_watch))

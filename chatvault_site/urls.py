@@ -8,6 +8,7 @@ from routing import admin_api, api
 urlpatterns = [
     path("v1/chat/completions", api.ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/models", api.ModelsView.as_view(), name="models"),
+    path("v1/models/recommend", api.RecommendView.as_view(), name="models-recommend"),
     path("v1/models/<path:model>", api.ModelDetailView.as_view(), name="model-detail"),
     path("v1/admin/load-balancer/stats", admin_api.LoadBalancerStatsView.as_view(), name="admin-load-balancer-stats"),
     path("healthz", api.healthz, name="healthz"),

@@ -583,12 +583,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
     )
     list_filter = (ApiKeyStatusFilter, "is_admin")
     search_fields = ("name", "prefix")
-    filter_horizontal = ("allowed_models",)
+    filter_horizontal = ("allowed_models", "auto_models")
     add_fieldsets = (
         (
             None,
             {
-                "fields": ("name", "is_admin", "allowed_models", "expires_at"),
+                "fields": ("name", "is_admin", "allowed_models", "auto_select", "auto_models", "expires_at"),
                 "description": "The key itself is generated when you save, and shown to you once.",
             },
         ),
@@ -599,6 +599,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "status",
         "is_admin",
         "allowed_models",
+        "auto_select",
+        "auto_models",
         "created_at",
         "expires_at",
         "revoked_at",
@@ -662,6 +664,20 @@ class RoutingSettingsAdmin(admin.ModelAdmin):
     list_display = ("default_strategy", "auto_select", "max_attempts", "health_check_interval_seconds")
     fieldsets = (
         ("Routing", {"fields": ("default_strategy", "auto_select")}),
+        (
+            "Automatic model selection",
+            {
+                "description": "How a candidate model's score is made: capability fit for the request's context "
+                "type, measured reliability and latency, and the request's expected cost. Keep capability above "
+                "the other two together so a model tagged for the type wins whenever one is eligible.",
+                "fields": (
+                    "selection_weight_capability",
+                    "selection_weight_performance",
+                    "selection_weight_cost",
+                    "selection_type_weights",
+                ),
+            },
+        ),
         (
             "Circuit breaker",
             {

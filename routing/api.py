@@ -74,9 +74,12 @@ def _read_json(request):
 
 
 def _served_headers(response, chat):
-    """Add the headers that say which model and instance served the request."""
+    """Add the headers that say which model and instance served the request (and why, when it was selected)."""
     response["x-chatvault-model"] = chat.model.name
     response["x-chatvault-instance"] = chat.instance.id
+    if chat.context_type:
+        response["x-chatvault-context-type"] = chat.context_type
+        response["x-chatvault-selection-reason"] = chat.selection_reason
     return response
 
 
@@ -173,6 +176,24 @@ class ModelsView(GatewayView):
         data = [_model_entry(m) for name, m in sorted(snap.models.items()) if key.may_use(name)]
         chat.record(Outcome.OK, 200)
         return JsonResponse({"object": "list", "data": data})
+
+
+class RecommendView(GatewayView):
+    """POST /v1/models/recommend — the models automatic selection would choose from for a chat request, and why."""
+
+    async def post(self, request):
+        """Rank the models for the request's body; no upstream is called."""
+        snap = await current_snapshot()
+        key = authenticate_request(request, snap)
+        chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap, endpoint="models.recommend")
+        try:
+            result = chat.recommend(_read_json(request))
+        except Exception as exc:
+            error = as_gateway_error(exc)
+            chat.record_error(error)
+            return error.response()
+        chat.record(Outcome.OK, 200)
+        return JsonResponse(result)
 
 
 class ModelDetailView(GatewayView):

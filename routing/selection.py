@@ -1,24 +1,42 @@
 """Model choice: which configured model serves a chat request, and why.
 
-`choose_model` is pure: it reads the request, the snapshot and the key it is given and nothing else (no clock, no
-randomness, no I/O), so equal inputs give equal choices and it is tested without fixtures. Today it serves the model
-the client names; automatic selection and experiments extend it here, taking what they need (the routing state's
-per-model view, the time, a random source) as arguments and saying why in the `Choice` they return.
+`choose_model` is pure: it reads the request, the snapshot, the key and the live health it is given and nothing else
+(no clock, no randomness, no I/O), so equal inputs give equal choices and it is tested without fixtures. A client
+that names a model gets that model; `model: "auto"` (or every request, when the gateway's `auto_select` is on and the
+key allows it) is selected: the request is analysed (`routing.analysis`), every model the key may select from is
+ranked (`routing.scoring`: hard filters, then an explainable score), the best serves and the rest, in order, are its
+fallbacks. Experiments extend this function later.
 """
 
 import dataclasses
 
-from routing.errors import ModelNotFound, PermissionDenied
+from routing import analysis, scoring
+from routing.errors import InvalidRequest, ModelNotFound, NoCapacity, PermissionDenied
 from routing.snapshot import ModelConfig
+
+AUTO = "auto"
+# What each requirement is called in a "no model can serve this" message.
+REQUIREMENT_NAMES = {
+    "tools": "supports function calling",
+    "vision": "supports image input",
+    "json": "supports JSON mode / response schema",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Choice:
-    """The model chosen for a request, the name the client asked for, and why (as the request's decision records)."""
+    """The model chosen for a request, the name the client asked for, and why (as the request's decision records).
+
+    A selected request also carries its fallbacks (the next-ranked eligible models, in order), its context type, and
+    the `selection` record: analysis, every candidate's score breakdown or filter reason, weights and the winner.
+    """
 
     model: ModelConfig
     requested: str
     reason: str
+    fallbacks: tuple[ModelConfig, ...] = ()
+    context_type: str = ""
+    selection: dict | None = None
 
     @property
     def decision(self):
@@ -26,15 +44,135 @@ class Choice:
         return {"requested": self.requested, "served": self.model.name, "reason": self.reason}
 
 
-def choose_model(*, body, snapshot, key):
+def choose_model(*, body, snapshot, key, health=None):
     """Return the Choice of model for a validated chat request body made with key.
 
-    Raise ModelNotFound when the model it names is not enabled, PermissionDenied when the key may not use it.
+    `health(model_config)` returns the model's live `state.ModelHealth`; selection needs it, a named model does not.
+    Raise ModelNotFound when the named model is not enabled, PermissionDenied when the key may not use it (or may not
+    use automatic selection), InvalidRequest when no model meets the request's requirements, NoCapacity when only
+    capacity is missing.
     """
     name = body["model"]
+    if name == AUTO or (snapshot.auto_select and key.auto_select):
+        if not key.auto_select:
+            raise PermissionDenied("This API key may not use automatic model selection.", code="auto_select_disabled")
+        return select(body=body, snapshot=snapshot, key=key, health=health)
     model = snapshot.models.get(name)
     if model is None:
         raise ModelNotFound(f"The model '{name}' does not exist or is not enabled.", param="model")
     if not key.may_use(name):
         raise PermissionDenied(f"This API key may not use the model '{name}'.", code="model_not_allowed")
     return Choice(model=model, requested=name, reason="requested by the client")
+
+
+def need_of(analysed, body):
+    """Return what the scorer needs to know of an analysed request."""
+    max_output = body.get("max_completion_tokens", body.get("max_tokens"))
+    return scoring.Need(
+        context_type=analysed.context_type,
+        confidence=analysed.confidence,
+        tools="tools" in analysed.requirements,
+        vision="vision" in analysed.requirements,
+        json="json" in analysed.requirements,
+        prompt_tokens=analysed.prompt_tokens,
+        max_output_tokens=max_output if isinstance(max_output, int) and not isinstance(max_output, bool) else None,
+    )
+
+
+def candidate_of(model, model_health, preferred):
+    """Return the scorer's view of a model: its metadata and its live health (figures older than the window are
+    unknown, so a model that lost its traffic is tried again once its bad figures have aged out)."""
+    measured = model_health is not None and model_health.requests > 0
+    return scoring.Candidate(
+        name=model.name,
+        tags=tuple(model.capabilities),
+        context_window=model.context_window,
+        supports_function_calling=model.supports_function_calling,
+        supports_vision=model.supports_vision,
+        supports_response_schema=model.supports_response_schema,
+        input_cost_per_token=model.input_cost_per_token,
+        output_cost_per_token=model.output_cost_per_token,
+        usable_instances=model_health.usable if model_health is not None else len(model.instances),
+        success_rate=model_health.success_rate if measured else None,
+        latency_ms=model_health.latency_ms if measured else None,
+        preferred=preferred,
+    )
+
+
+def rank_models(*, body, snapshot, key, health=None):
+    """Return (analysis, need, weights, ranked candidates) for a request: the one ranking selection and the
+    recommend endpoint share."""
+    analysed = analysis.analyse(body)
+    need = need_of(analysed, body)
+    weights = snapshot.weights_for(need.context_type)
+    requested = body.get("model")
+    candidates = [
+        candidate_of(model, health(model) if health is not None else None, preferred=name == requested)
+        for name, model in sorted(snapshot.models.items())
+        if key.may_select(name)
+    ]
+    return analysed, need, weights, scoring.rank(candidates, need, weights)
+
+
+def select(*, body, snapshot, key, health=None):
+    """Return the Choice of the best-ranked eligible model, with the others as fallbacks; raise when none is."""
+    analysed, need, weights, ranked = rank_models(body=body, snapshot=snapshot, key=key, health=health)
+    eligible = [r for r in ranked if r.eligible]
+    if not eligible:
+        raise _nothing_eligible(ranked, need)
+    reason = scoring.summary(ranked, need)
+    return Choice(
+        model=snapshot.models[eligible[0].name],
+        requested=body["model"],
+        reason=reason,
+        fallbacks=tuple(snapshot.models[r.name] for r in eligible[1:]),
+        context_type=need.context_type,
+        selection={
+            "analysis": analysis_record(analysed),
+            "weights": weights.as_dict(),
+            "candidates": [candidate_record(r) for r in ranked],
+            "winner": eligible[0].name,
+            "reason": reason,
+        },
+    )
+
+
+def analysis_record(analysed):
+    """Return the analysis as the decision record and the recommend endpoint show it."""
+    return {**analysed.as_dict(), "confidence": round(analysed.confidence, 3)}
+
+
+def candidate_record(ranked):
+    """Return one ranked candidate as the decision record and the recommend endpoint show it."""
+    record = {"model": ranked.name, "eligible": ranked.eligible}
+    record.update(score=ranked.score if ranked.eligible else None, breakdown=ranked.breakdown)
+    record["estimated_cost_usd"] = str(ranked.estimated_cost_usd) if ranked.estimated_cost_usd is not None else None
+    record["reasons"] = list(ranked.reasons)
+    return record
+
+
+def _nothing_eligible(ranked, need):
+    """Return the error for a request no model can serve: 503 when only capacity is missing, else 400 naming why."""
+    if not ranked:
+        return InvalidRequest("No enabled model may be selected for this API key.", code="no_eligible_model")
+    if any(r.capacity_only for r in ranked):  # a model would serve it, were an instance free
+        return NoCapacity("Every model that could serve this request is unavailable right now; retry later.")
+    unmet = [
+        REQUIREMENT_NAMES[name]
+        for name in ("tools", "vision", "json")
+        if getattr(need, name) and all(name_reason(r, name) for r in ranked)
+    ]
+    if unmet:
+        return InvalidRequest(f"No enabled model {' and '.join(unmet)}.", code="no_eligible_model")
+    if need.context_window and all("window" in " ".join(r.reasons) for r in ranked):
+        return InvalidRequest(
+            f"No enabled model has a context window of {need.context_window:,} tokens.", code="context_too_long"
+        )
+    reasons = "; ".join(f"{r.name}: {', '.join(r.reasons)}" for r in ranked)
+    return InvalidRequest(f"No enabled model can serve this request ({reasons}).", code="no_eligible_model")
+
+
+def name_reason(ranked, requirement):
+    """Return whether a filtered candidate was filtered for lacking the named requirement."""
+    wanted = {"tools": "function calling", "vision": "image input", "json": "JSON mode"}[requirement]
+    return any(wanted in reason for reason in ranked.reasons)

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 # Per-process rotation counters (each worker rotates through the usable instances on its own).
 _rotation = defaultdict(itertools.count)
 _rng = random.Random()
+# The recommend endpoint lists this many models unless asked for more (up to the maximum).
+DEFAULT_RECOMMENDATIONS = 5
+MAX_RECOMMENDATIONS = 100
 
 
 def failure_to_error(failure):
@@ -78,6 +81,9 @@ class ChatRequest:
         self.started = time.perf_counter()
         self.body = {}
         self.model = None
+        self.fallbacks = []  # next-ranked models of a selected request
+        self.context_type = ""  # set when the model was selected
+        self.selection_reason = ""
         self.instance = None
         self.stream = False
         self.attempts = []
@@ -101,10 +107,55 @@ class ChatRequest:
         if isinstance(body, dict):
             self.stream = body.get("stream") is True
         validate_body(body)
-        choice = selection.choose_model(body=body, snapshot=self.snapshot, key=self.key)
+        routing_state, now = state.get(), time.time()
+        choice = selection.choose_model(
+            body=body, snapshot=self.snapshot, key=self.key, health=lambda model: routing_state.model_view(model, now)
+        )
         self.model = choice.model
+        self.fallbacks = list(choice.fallbacks)
+        self.context_type = choice.context_type
+        self.selection_reason = choice.reason if choice.selection else ""
         self.decision["model"] = choice.decision
+        if choice.selection:
+            self.decision["selection"] = choice.selection
         return choice.model
+
+    def recommend(self, body):
+        """Return the models a chat request would be selected from, best first, with why; call no upstream.
+
+        The body is validated like a chat request (its `model` may be left out) plus an optional `limit`; the
+        ranking is the one selection uses (`selection.rank_models`).
+        """
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        body = {"model": selection.AUTO, **body}
+        limit = body.pop("limit", DEFAULT_RECOMMENDATIONS)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RECOMMENDATIONS:
+            raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_RECOMMENDATIONS}.", param="limit")
+        self.body = body
+        validate_body(body)
+        routing_state, now = state.get(), time.time()
+        analysed, need, _, ranked = selection.rank_models(
+            body=body, snapshot=self.snapshot, key=self.key, health=lambda model: routing_state.model_view(model, now)
+        )
+        self.context_type = need.context_type
+        recommendations = []
+        for position, ranked_model in enumerate(ranked[:limit], start=1):
+            record = selection.candidate_record(ranked_model)
+            recommendations.append({"model": record.pop("model"), "rank": position if ranked_model.eligible else None,
+                                    **record})  # fmt: skip
+        result = {"analysis": selection.analysis_record(analysed), "recommendations": recommendations}
+        self.decision["selection"] = {"analysis": result["analysis"], "winner": ranked[0].name if ranked else None}
+        return result
+
+    def _fall_back(self):
+        """Move the request to the next-ranked model, if selection left one; return whether it did."""
+        if not self.fallbacks:
+            return False
+        previous, self.model = self.model, self.fallbacks.pop(0)
+        self.decision.setdefault("fallbacks", []).append({"from": previous.name, "to": self.model.name})
+        self.decision["model"]["served"] = self.model.name
+        return True
 
     def choose_instance(self, tried):
         """Return the instance for the next attempt, skipping tried, drained and open ones.
@@ -217,6 +268,8 @@ class ChatRequest:
             try:
                 instance = self.choose_instance(tried)
             except NoCapacity:
+                if self._fall_back():  # a selected request moves on to the next-ranked model
+                    continue
                 if last_error is not None:
                     raise last_error from None
                 raise
@@ -365,6 +418,7 @@ class ChatRequest:
                 "ttft_ms": round(self.ttft_ms, 3) if self.ttft_ms is not None else None,
                 "attempts": len(self.attempts),
                 "decision": self.decision,
+                "context_type": self.context_type,
             }
         )
 

@@ -23,7 +23,7 @@ NOT_LEAN = [
     "/static/admin/css/base.css",
 ]
 # The views made lean on purpose: async, authenticated from the snapshot, no database. Add one only after checking that.
-LEAN_VIEWS = {api.ChatCompletionsView, api.ModelsView, api.ModelDetailView}
+LEAN_VIEWS = {api.ChatCompletionsView, api.ModelsView, api.ModelDetailView, api.RecommendView}
 
 
 @pytest.mark.parametrize("path", LEAN)

@@ -540,8 +540,9 @@ def test_revoke_action_sets_revoked_at_and_bumps_the_revision(admin_client, api_
 
 def test_routing_settings_is_a_singleton(admin_client):
     assert admin_client.get(url("routingsettings_add")).status_code == 200
-    defaults = {f.name: f.default for f in RoutingSettings._meta.fields if f.editable and f.name != "id"}
+    defaults = {f.name: f.get_default() for f in RoutingSettings._meta.fields if f.editable and f.name != "id"}
     defaults["auto_select"] = ""
+    defaults["selection_type_weights"] = json.dumps(defaults["selection_type_weights"])
     response = admin_client.post(url("routingsettings_add"), {**defaults, "default_strategy": "weighted"})
     assert response.status_code == 302
     assert RoutingSettings.load().default_strategy == "weighted"
@@ -685,9 +686,12 @@ def test_every_routing_setting_is_tunable_in_admin(admin_client):
     data = {name: page.context["adminform"].form.initial[name] for name in editable}
     data.update(breaker_consecutive_failures=7, health_check_interval_seconds=0)
     data["auto_select"] = "on" if data["auto_select"] else ""
+    data["selection_type_weights"] = json.dumps(data["selection_type_weights"])
+    data["selection_weight_cost"] = 0.2
     before = ConfigRevision.current_token()
     response = admin_client.post("/admin/routing/routingsettings/1/change/", data)
     assert response.status_code == 302
     row = RoutingSettings.load()
     assert (row.breaker_consecutive_failures, row.health_check_interval_seconds) == (7, 0)
+    assert row.selection_weight_cost == 0.2 and row.selection_type_weights["general_chat"]["cost"] == 0.3
     assert ConfigRevision.current_token() != before
