@@ -5,13 +5,14 @@ exactly those models, so models made by other tests never compete.
 """
 
 import json
+import time
 from decimal import Decimal
 
 import openai
 import pytest
 
 from routing.models import ApiKey, Model, RequestLog, RoutingSettings
-from tests.factories import make_key, make_model, set_instance, wait_for_model, wait_for_reload
+from tests.factories import make_key, make_model, set_instance, tune, wait_for_model, wait_for_reload
 from tests.gateway import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -155,3 +156,32 @@ def test_recommend_ranks_without_calling_an_upstream_and_logs_a_row(gateway, fak
     assert status == 400 and json.loads(answer)["error"]["param"] == "limit"
     status, _, _ = gateway.request("POST", "/v1/models/recommend", json.dumps(body).encode())
     assert status == 401
+
+
+def test_traffic_moves_away_from_a_failing_model_and_back_once_it_recovers(gateway, fake, fake_b):
+    """The cheaper model serves while healthy; failing, it loses its traffic to its peer; recovered, it wins it back
+    once its failures have aged out of the window (3 s here, a minute by default)."""
+    cheap = make_model("sel-cheap", [fake], capabilities=["general_chat"], input_cost_per_mtok=Decimal("0.1"),
+                       output_cost_per_mtok=Decimal("0.1"))  # fmt: skip
+    dear = make_model("sel-dear", [fake_b], capabilities=["general_chat"], input_cost_per_mtok=Decimal("9"),
+                      output_cost_per_mtok=Decimal("9"))  # fmt: skip
+    client, _ = pool(gateway, cheap, dear)
+    tune(gateway, breaker_window_seconds=3, breaker_cooldown_seconds=0.5, breaker_max_cooldown_seconds=1)
+
+    def served():
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi there"}]
+        )
+        return raw.headers["x-chatvault-model"]
+
+    assert [served() for _ in range(3)] == ["sel-cheap"] * 3
+    fake.clear_requests()
+    fake.set_config(status=503)
+    moved = [served() for _ in range(12)]
+    assert set(moved) == {"sel-dear"}, "every request is served: falling back, then selected away"
+    assert fake.stats()["count"] == 5, "tried until its breaker opens (5 failures in a row), then no more"
+    fake.reset_config()
+    began = time.monotonic()
+    wait_until(lambda: served() == "sel-cheap", timeout=15, interval=0.2, message="traffic back on the cheap model")
+    assert time.monotonic() - began < 10
+    assert [served() for _ in range(3)] == ["sel-cheap"] * 3
