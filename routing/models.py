@@ -206,6 +206,19 @@ class Model(models.Model):
     capabilities = models.JSONField(
         default=list, blank=True, help_text="Capability tags, e.g. code_generation, summarization, general_chat."
     )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Models tried in this order when this one cannot serve a request (router_settings.fallbacks).",
+    )
+    context_window_fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Models used instead, in this order, for a request too long for this model's context window "
+            "(router_settings.context_window_fallbacks)."
+        ),
+    )
     strategy = models.CharField(
         max_length=32,
         choices=RoutingStrategy.choices,
