@@ -49,7 +49,9 @@ METADATA_KEYS = {
     "output_cost_per_token": "output_cost_per_mtok",
 }
 INFO_KEYS = ("id", "enabled", *METADATA_KEYS)
-ROUTER_KEYS = ("routing_strategy",)
+ROUTER_KEYS = ("routing_strategy", "fallbacks", "context_window_fallbacks")
+# router_settings lists of {model: [fallback models]}, stored on these Model fields.
+FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks")
 MODEL_ROUTING_KEYS = ("auto_select", "capabilities", "experiments")
 
 # LiteLLM's own rule for a model string without a provider prefix.
@@ -128,6 +130,7 @@ class _Plan:
     auto_select: bool
     capabilities: dict[str, list[str]]
     metadata: dict[str, dict]  # model name -> Model metadata field -> value (None = not overridden)
+    fallbacks: dict[str, dict[str, list[str]]]  # fallbacks / context_window_fallbacks -> model -> fallback models
 
 
 def load_config_file(path):
@@ -174,7 +177,10 @@ def routing_config_export(*, include_secrets: bool = False) -> dict:
     }
     return {
         "model_list": model_list,
-        "router_settings": {"routing_strategy": row.default_strategy if row else str(RoutingStrategy.ROUND_ROBIN)},
+        "router_settings": {
+            "routing_strategy": row.default_strategy if row else str(RoutingStrategy.ROUND_ROBIN),
+            **_export_fallbacks(listed),
+        },
         "model_routing": {
             "auto_select": row.auto_select if row else False,
             "capabilities": capabilities,
@@ -231,6 +237,7 @@ def _parse(data):
     named = {raw.get("model_name") for raw in raw_list or [] if isinstance(raw, dict)}
     named = {name for name in named if isinstance(name, str)}
     strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
+    fallbacks = _parse_fallbacks(data.get("router_settings"), named, errors)
     auto_select, capabilities = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
     by_model = {}
     for entry in entries:
@@ -246,6 +253,7 @@ def _parse(data):
         auto_select=auto_select,
         capabilities=capabilities,
         metadata=model_metadata,
+        fallbacks=fallbacks,
     )
     return plan, warnings
 
@@ -495,6 +503,53 @@ def _parse_router_settings(raw, errors, warnings):
         return RoutingStrategy.ROUND_ROBIN
 
 
+def _parse_fallbacks(raw, model_names, errors):
+    """Return {key: {model: [fallback models]}} for router_settings' fallbacks and context_window_fallbacks.
+
+    LiteLLM's shape: a list of one-key mappings, `[{"model-a": ["model-b", "model-c"]}]`; every name must be a model
+    of the file.
+    """
+    result = {key: {} for key in FALLBACK_KEYS}
+    if not isinstance(raw, dict):
+        return result
+    for key in FALLBACK_KEYS:
+        items = raw.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            errors.append(f"router_settings.{key} must be a list of {{model: [fallback models]}} mappings")
+            continue
+        for index, item in enumerate(items):
+            where = f"router_settings.{key}[{index}]"
+            if not isinstance(item, dict) or not item:
+                errors.append(f"{where} must be a mapping of a model name to a list of fallback model names")
+                continue
+            for name, targets in item.items():
+                if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                    errors.append(f"{where}.{name} must be a list of model names")
+                    continue
+                unknown = [n for n in [name, *targets] if n not in model_names]
+                if unknown:
+                    errors.append(f"{where}: {', '.join(map(repr, unknown))} not in model_list")
+                    continue
+                if name in targets:
+                    errors.append(f"{where}: {name!r} cannot be its own fallback")
+                    continue
+                result[key][name] = list(dict.fromkeys(targets))
+    return result
+
+
+def _export_fallbacks(listed):
+    """Return router_settings' fallbacks and context_window_fallbacks for the exported models, in LiteLLM's shape."""
+    exported = {}
+    models = Model.objects.filter(enabled=True, name__in=listed).order_by("name")
+    for key in FALLBACK_KEYS:
+        items = [{m.name: [n for n in getattr(m, key) if n in listed]} for m in models if getattr(m, key)]
+        if items:
+            exported[key] = items
+    return exported
+
+
 def _parse_model_routing(raw, model_names, errors, warnings):
     """Return (auto_select, capabilities by model name) from model_routing."""
     if raw is None:
@@ -511,8 +566,6 @@ def _parse_model_routing(raw, model_names, errors, warnings):
         auto_select = False
     elif not isinstance(auto_select, bool):
         errors.append(f"model_routing.auto_select must be true or false, not {auto_select!r}")
-    elif auto_select:
-        warnings.append("model_routing.auto_select is stored, but automatic model selection is not yet supported")
 
     capabilities = {}
     raw_caps = raw.get("capabilities")
@@ -546,7 +599,12 @@ def _apply(plan, report):
     listed = set(plan.model_names)
 
     for name in plan.model_names:
-        desired = {"enabled": True, "capabilities": plan.capabilities.get(name, []), **plan.metadata[name]}
+        desired = {
+            "enabled": True,
+            "capabilities": plan.capabilities.get(name, []),
+            **plan.metadata[name],
+            **{key: plan.fallbacks[key].get(name, []) for key in FALLBACK_KEYS},
+        }
         model = models.get(name)
         if model is None:
             models[name] = Model.objects.create(name=name, **desired)

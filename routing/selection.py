@@ -62,12 +62,49 @@ def choose_model(*, body, snapshot, key, health=None):
         raise ModelNotFound(f"The model '{name}' does not exist or is not enabled.", param="model")
     if not key.may_use(name):
         raise PermissionDenied(f"This API key may not use the model '{name}'.", code="model_not_allowed")
-    return Choice(model=model, requested=name, reason="requested by the client")
+    if model.context_window_fallbacks and model.context_window:
+        needed = analysis.estimate_prompt_tokens(body) + (_max_output(body) or 0)
+        if needed > model.context_window:
+            return _context_window_fallback(model, needed, snapshot, key)
+    return Choice(model=model, requested=name, reason="requested by the client",
+                  fallbacks=_usable(model.fallbacks, snapshot, key, exclude=name))  # fmt: skip
+
+
+def _usable(names, snapshot, key, exclude=""):
+    """Return the enabled models of names that the key may use, in order."""
+    return tuple(snapshot.models[n] for n in names if n != exclude and n in snapshot.models and key.may_use(n))
+
+
+def _context_window_fallback(model, needed, snapshot, key):
+    """Return the Choice of the first context-window fallback of model whose window fits the request.
+
+    A fallback with an unknown window is taken as fitting (the upstream will say if it does not).
+    """
+    for candidate in _usable(model.context_window_fallbacks, snapshot, key, exclude=model.name):
+        if candidate.context_window is None or needed <= candidate.context_window:
+            return Choice(
+                model=candidate,
+                requested=model.name,
+                reason=f"context window fallback: needs about {needed:,} tokens, {model.name} has "
+                f"{model.context_window:,}",
+                fallbacks=_usable(candidate.fallbacks, snapshot, key, exclude=candidate.name),
+            )
+    raise InvalidRequest(
+        f"The request needs about {needed:,} tokens; '{model.name}' has {model.context_window:,} and none of its "
+        "context window fallbacks is larger.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def _max_output(body):
+    """Return the output tokens a request asks for at most, or None when it does not say."""
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def need_of(analysed, body):
     """Return what the scorer needs to know of an analysed request."""
-    max_output = body.get("max_completion_tokens", body.get("max_tokens"))
     return scoring.Need(
         context_type=analysed.context_type,
         confidence=analysed.confidence,
@@ -75,7 +112,7 @@ def need_of(analysed, body):
         vision="vision" in analysed.requirements,
         json="json" in analysed.requirements,
         prompt_tokens=analysed.prompt_tokens,
-        max_output_tokens=max_output if isinstance(max_output, int) and not isinstance(max_output, bool) else None,
+        max_output_tokens=_max_output(body),
     )
 
 

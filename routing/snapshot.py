@@ -87,6 +87,8 @@ class ModelConfig:
     input_cost_per_token: Decimal | None = None
     output_cost_per_token: Decimal | None = None
     sources: dict = dataclasses.field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()  # model names, tried in order when this model cannot serve
+    context_window_fallbacks: tuple[str, ...] = ()  # model names for requests too long for this model
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,6 +181,8 @@ def build():
             description=model.description,
             strategy=model.strategy or routing_settings.default_strategy or RoutingStrategy.ROUND_ROBIN,
             capabilities=meta.capabilities,
+            fallbacks=tuple(model.fallbacks or ()),
+            context_window_fallbacks=tuple(model.context_window_fallbacks or ()),
             context_window=meta.context_window,
             created=int(model.created_at.timestamp()),
             instances=tuple(configs),

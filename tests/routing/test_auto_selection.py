@@ -185,3 +185,21 @@ def test_traffic_moves_away_from_a_failing_model_and_back_once_it_recovers(gatew
     wait_until(lambda: served() == "sel-cheap", timeout=15, interval=0.2, message="traffic back on the cheap model")
     assert time.monotonic() - began < 10
     assert [served() for _ in range(3)] == ["sel-cheap"] * 3
+
+
+def test_a_named_model_falls_back_to_its_configured_fallback(gateway, fake, fake_b):
+    backup = make_model("sel-backup", [fake_b])
+    primary = make_model("sel-primary", [fake], fallbacks=["sel-backup"])
+    raw = make_key(name="fallbacks")
+    wait_for_model(gateway, raw, "sel-backup")
+    client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
+    fake.set_config(status=503)
+    answer = client.chat.completions.with_raw_response.create(
+        model="sel-primary", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.headers["x-chatvault-model"] == "sel-backup"
+    assert "x-chatvault-context-type" not in answer.headers, "a named model is not selected"
+    stored = row(answer.headers["x-request-id"])
+    assert (stored.requested_model, stored.served_model) == ("sel-primary", "sel-backup")
+    assert stored.decision["fallbacks"] == [{"from": "sel-primary", "to": "sel-backup"}]
+    assert [a["instance"] for a in stored.decision["attempts"]] == [primary.instance_ids[0], backup.instance_ids[0]]

@@ -56,6 +56,8 @@ model_list:
 router_settings:
   routing_strategy: simple-shuffle
   num_retries: 2
+  fallbacks: [{vault-gpt-4o-mini: [vault-claude]}]
+  context_window_fallbacks: [{vault-gpt-4o-mini: [vault-claude]}]
 litellm_settings:
   drop_params: true
   success_callback: ["langfuse"]
@@ -89,7 +91,11 @@ def db_state():
     """Return every routing row that an import may touch, as comparable plain values."""
     return {
         "providers": sorted(Provider.objects.values_list("name", "kind", "openai_compatible", "api_base")),
-        "models": sorted(Model.objects.values_list("name", "enabled", "capabilities", *METADATA_FIELDS)),
+        "models": sorted(
+            Model.objects.values_list(
+                "name", "enabled", "capabilities", "fallbacks", "context_window_fallbacks", *METADATA_FIELDS
+            )
+        ),
         "instances": sorted(
             ProviderInstance.objects.values_list(
                 "id",
@@ -256,6 +262,7 @@ def test_leaving_a_model_or_instance_out_disables_it():
     del data["model_list"][2]  # vault-claude, the model's only instance
     del data["model_list"][0]  # mini-a
     del data["model_routing"]["capabilities"]["vault-claude"]
+    del data["router_settings"]["fallbacks"], data["router_settings"]["context_window_fallbacks"]
 
     report = routing_config_import(data=data)
 
@@ -371,7 +378,11 @@ def test_export_writes_the_import_format():
         "weight": 1,
         "timeout": 60,
     }
-    assert exported["router_settings"] == {"routing_strategy": "weighted"}
+    assert exported["router_settings"] == {
+        "routing_strategy": "weighted",
+        "fallbacks": [{"vault-gpt-4o-mini": ["vault-claude"]}],
+        "context_window_fallbacks": [{"vault-gpt-4o-mini": ["vault-claude"]}],
+    }
     assert exported["model_routing"] == {
         "auto_select": False,
         "capabilities": {
@@ -448,6 +459,22 @@ BAD_FILES = [
     (
         lambda d: d["router_settings"].update(routing_strategy="fastest"),
         "router_settings.routing_strategy: unknown routing strategy 'fastest'",
+    ),
+    (
+        lambda d: d["router_settings"].update(fallbacks=[{"vault-gpt-4o-mini": ["vault-ghost"]}]),
+        "router_settings.fallbacks[0]: 'vault-ghost' not in model_list",
+    ),
+    (
+        lambda d: d["router_settings"].update(fallbacks={"vault-gpt-4o-mini": ["vault-claude"]}),
+        "router_settings.fallbacks must be a list of {model: [fallback models]} mappings",
+    ),
+    (
+        lambda d: d["router_settings"].update(context_window_fallbacks=[{"vault-claude": "vault-gpt-4o-mini"}]),
+        "router_settings.context_window_fallbacks[0].vault-claude must be a list of model names",
+    ),
+    (
+        lambda d: d["router_settings"].update(fallbacks=[{"vault-claude": ["vault-claude"]}]),
+        "router_settings.fallbacks[0]: 'vault-claude' cannot be its own fallback",
     ),
     (
         lambda d: d["model_routing"]["capabilities"].update({"vault-claude": "analysis"}),
@@ -658,7 +685,7 @@ def test_an_instance_id_listed_under_another_model_moves_there():
 
 
 @pytest.mark.django_db
-def test_auto_select_is_stored_with_a_warning_that_it_does_nothing_yet():
+def test_auto_select_is_stored_and_acted_on_without_a_warning():
     from routing.config_io import routing_config_import
     from routing.models import RoutingSettings
 
@@ -669,7 +696,7 @@ def test_auto_select_is_stored_with_a_warning_that_it_does_nothing_yet():
         }
     )
     assert RoutingSettings.load().auto_select is True
-    assert any("automatic model selection is not yet supported" in w for w in report.warnings)
+    assert not any("auto_select" in w for w in report.warnings)
 
 
 @pytest.mark.django_db
@@ -767,3 +794,15 @@ def test_every_storable_price_round_trips_exactly(per_mtok):
     assert report.warnings == []
     assert db_state() == before
     assert Model.objects.get(name="vault-claude").input_cost_per_mtok == Decimal(per_mtok)
+
+
+@pytest.mark.django_db
+def test_router_fallbacks_are_stored_on_the_model_they_belong_to():
+    routing_config_import(data=realistic())
+    mini = Model.objects.get(name="vault-gpt-4o-mini")
+    assert (mini.fallbacks, mini.context_window_fallbacks) == (["vault-claude"], ["vault-claude"])
+    assert Model.objects.get(name="vault-claude").fallbacks == []
+    data = realistic()
+    del data["router_settings"]["fallbacks"]
+    routing_config_import(data=data)
+    assert Model.objects.get(name="vault-gpt-4o-mini").fallbacks == [], "the file is the desired state"

@@ -148,3 +148,33 @@ def test_a_failing_model_loses_to_a_healthy_peer():
                            in_flight=0)  # fmt: skip
 
     assert choose_model(body=CODE, snapshot=snap, key=key(), health=figures).model.name == "b"
+
+
+# --- configured fallbacks of a named model ------------------------------------------------------------------------
+
+
+def test_a_named_model_carries_its_configured_fallbacks_that_the_key_may_use():
+    snap = auto_snapshot(tagged("a", fallbacks=("b", "gone", "c")), tagged("b"), tagged("c"))
+    choice = choose_model(body=BODY | {"model": "a"}, snapshot=snap, key=key())
+    assert [m.name for m in choice.fallbacks] == ["b", "c"], "a disabled fallback is skipped"
+    limited = choose_model(body=BODY | {"model": "a"}, snapshot=snap, key=key(frozenset({"a", "c"})))
+    assert [m.name for m in limited.fallbacks] == ["c"]
+
+
+def test_a_request_too_long_for_the_named_model_goes_to_its_context_window_fallback():
+    snap = auto_snapshot(
+        tagged("small", context_window=1000, context_window_fallbacks=("medium", "large")),
+        tagged("medium", context_window=2000),
+        tagged("large", context_window=100_000),
+    )
+    long_body = {"model": "small", "messages": [{"role": "user", "content": "word " * 6000}]}
+    choice = choose_model(body=long_body, snapshot=snap, key=key())
+    assert choice.model.name == "large" and choice.requested == "small"
+    assert choice.reason.startswith("context window fallback: needs about")
+    short = choose_model(body={**long_body, "messages": [{"role": "user", "content": "hi"}]}, snapshot=snap,
+                         key=key())  # fmt: skip
+    assert short.model.name == "small"
+    too_long = {"model": "small", "messages": [{"role": "user", "content": "word " * 200_000}]}
+    with pytest.raises(InvalidRequest) as exc:
+        choose_model(body=too_long, snapshot=snap, key=key())
+    assert exc.value.code == "context_length_exceeded"
