@@ -48,9 +48,11 @@ WORD_PROBLEM_CHARS = 400  # numbers plus "how many/much/long..." make a word pro
 LEAD_IN_CHARS = 120  # "Translate into German: <text>": a lead-in up to this long ending with a colon is the ask
 TABLE_LINES = 40  # rows of a pasted table are looked for in this many lines at each end
 HIT_CACHE_SIZE = 20000  # memoised token lookups
+ASK_SCORE_CAP = 3.0  # one strong cue is all an edge paragraph needs to read as the instruction
 SHORT_ASK_CHARS = 150  # an edge paragraph this short is read as (part of) the instruction
 CONTENT_CHARS = 400  # pasted content is read only this far into each end
 CONTENT_WEIGHT = 0.4  # cues in pasted content count for less than cues in the instruction around it
+CONTENT_CAP = 1.5  # and at most this much per type: content only tips a vague instruction
 SYSTEM_CHARS = 1500  # cues are read in this many characters at each end of the system prompt
 SYSTEM_WEIGHT = 0.8  # a system prompt says what the task is, but less directly than the user's own turn
 FOLLOW_UP_WEIGHT = 0.6  # a short, weakly cued follow-up borrows this share of the previous user turn's cues
@@ -428,9 +430,9 @@ class _Scores:
         self.values[index] += weight
         self.cues.append((weight, index, cue))
 
-    def merge(self, other, factor):
+    def merge(self, other, factor, cap=None):
         for index, value in enumerate(other.values):
-            self.values[index] += value * factor
+            self.values[index] += value * factor if cap is None else min(value * factor, cap)
         self.cues.extend((weight * factor, index, cue) for weight, index, cue in other.cues)
 
 
@@ -711,9 +713,13 @@ def _lead_in_end(prose):
 
 
 def _ask_score(text, looks_like_ask, cache):
-    """Return how strongly a paragraph reads as the instruction: its best task cue, plus its looks."""
+    """Return how strongly a paragraph reads as the instruction: its best task score, capped, plus its looks.
+
+    The cap keeps a long pasted paragraph full of cue words ("a poet wrote a story and a song") from outranking
+    a short ask next to it ("Translate the text above into Italian.").
+    """
     scores, _ = cache[text] = _cue_scores(text)
-    return max(scores.values) + (1.5 if looks_like_ask else 0.0)
+    return min(max(scores.values), ASK_SCORE_CAP) + (1.5 if looks_like_ask else 0.0)
 
 
 def _looks_like_ask(text):
@@ -858,17 +864,19 @@ def _turn_scores(text):
     prose, has_code, structural = _structure(text)
     scores = _Scores()
     flags = dict(_NO_FLAGS)
-    instruction = []
+    instruction, content = [], []
     cache = {}
     for part, is_instruction in _split_instruction(prose, cache):
+        if not is_instruction:
+            content.append(part)
+            continue
+        instruction.append(part)
         part_scores, part_flags = cache.get(part) or _cue_scores(part)
-        if is_instruction:
-            instruction.append(part)
-            scores.merge(part_scores, 1.0)
-            for name, value in part_flags.items():
-                flags[name] = flags[name] or value
-        elif part:
-            scores.merge(part_scores, CONTENT_WEIGHT)
+        scores.merge(part_scores, 1.0)
+        for name, value in part_flags.items():
+            flags[name] = flags[name] or value
+    if content:
+        scores.merge(_cue_scores("\n".join(content))[0], CONTENT_WEIGHT, cap=CONTENT_CAP)
     instruction = "\n".join(instruction)
     for index, weight, cue in structural:
         scores.add(index, weight, cue)
