@@ -62,7 +62,7 @@ tool = st.fixed_dictionaries(
 chat_body = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.one_of(st.just(MODEL), st.just(MODEL), text, json_values),
+        "model": st.one_of(st.just(MODEL), st.just(MODEL), st.just("auto"), text, json_values),
         "messages": st.one_of(st.lists(message, min_size=1, max_size=3), st.lists(message, max_size=3), json_values),
         "stream": st.one_of(st.booleans(), json_values),
         "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), json_values),
@@ -73,6 +73,7 @@ chat_body = st.fixed_dictionaries(
         "response_format": st.one_of(st.just({"type": "json_object"}), json_values),
         "api_key": text,
         "metadata": json_values,
+        "limit": st.one_of(st.integers(min_value=-3, max_value=200), json_values),
     },
 )
 
@@ -112,6 +113,7 @@ path = st.one_of(
     st.just("/v1/chat/completions"),
     st.just("/v1/chat/completions"),
     st.just("/v1/models"),
+    st.just("/v1/models/recommend"),
     st.builds(lambda t: "/v1/models/" + urllib.parse.quote(t.encode("utf-8", "surrogatepass"), safe=""), text),
     st.sampled_from(["/v1/", "/v1/embeddings", "/v1/chat", "/healthz", "/v1/chat/completions/", "/v1/models/"]),
 )
@@ -121,7 +123,7 @@ path = st.one_of(
 def requests(draw):
     """Return (method, path with query, body, headers, authenticated)."""
     chosen = draw(path)
-    if chosen.startswith("/v1/models") or chosen == "/healthz":
+    if chosen.startswith("/v1/models") and chosen != "/v1/models/recommend" or chosen == "/healthz":
         method = draw(st.sampled_from(["GET"] * 5 + ["POST", "OPTIONS", "HEAD"]))
     else:
         method = draw(st.sampled_from(["POST"] * 8 + ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))
@@ -176,7 +178,7 @@ def expects_row(method, target, valid_key):
     route = target.split("?", 1)[0]
     if not valid_key:
         return False
-    if route == "/v1/chat/completions":
+    if route in ("/v1/chat/completions", "/v1/models/recommend"):
         return method == "POST"
     # Django's <path:…> converter does not match a newline: such an id has no route, so nothing authenticates it.
     detail = route.startswith("/v1/models/") and len(route) > 11 and "\n" not in urllib.parse.unquote(route)
