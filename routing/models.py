@@ -452,3 +452,20 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.outcome}"
+
+
+class SelectionManager(models.Manager):
+    """The logged chat requests whose model automatic selection chose."""
+
+    def get_queryset(self):
+        """Return the rows with a context type, leaving out recommend calls (they rank models but serve none)."""
+        return super().get_queryset().exclude(context_type="").exclude(endpoint="models.recommend")
+
+
+class Selection(RequestLog):
+    """An auto-selected request: the request log seen through its selection decision (for the admin)."""
+
+    objects = SelectionManager()
+
+    class Meta:
+        proxy = True
