@@ -44,6 +44,7 @@ WINDOW_CHARS = 2000  # a turn longer than twice this is read as its first and la
 INSTRUCTION_LONG = 250  # prose longer than this, over several lines, is read as instruction around content
 INSTRUCTION_CHARS = 600  # an edge paragraph up to this long may be the instruction
 SHORT_PROSE_CHARS = 2 * INSTRUCTION_CHARS + 200  # prose up to this long on one line is read whole
+TOPIC_ONLY_CAP = 2.0  # most code_generation gets from technical nouns without a verb asking for code
 WORD_PROBLEM_CHARS = 400  # numbers plus "how many/much/long..." make a word problem only in a short message
 LEAD_IN_CHARS = 120  # "Translate into German: <text>": a lead-in up to this long ending with a colon is the ask
 TABLE_LINES = 40  # rows of a pasted table are looked for in this many lines at each end
@@ -899,6 +900,10 @@ def _turn_scores(text):
         scores.add(_T["code_generation"], 2.5, "write_code")
     elif flags["tech"] and flags["how_to"]:
         scores.add(_T["code_generation"], 2.0, "how_to_code")
+    else:
+        # Technical nouns alone ("Compare Python and Go for a CLI tool") name the topic, not the task: without a
+        # verb that asks for code they never outweigh a task cue such as "compare".
+        values[_T["code_generation"]] = min(values[_T["code_generation"]], TOPIC_ONLY_CAP)
     if values[_T["translation"]] and not flags["target_language"] and flags["code_target"]:
         scores.add(_T["code_generation"], values[_T["translation"]], "code_translation")
         values[_T["translation"]] = 0.0

@@ -213,6 +213,11 @@ def test_code_in_any_language_is_reviewed_or_changed(code):
     assert analyse(chat(code + "\n\nRewrite this in Python.")).context_type == "code_generation"
 
 
+def test_technical_words_alone_name_the_topic_not_the_task():
+    assert analyse(chat("Compare Python and Go for a CLI tool.")).context_type == "analysis"
+    assert analyse(chat("Write a Go CLI tool that prints the date.")).context_type == "code_generation"
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -251,7 +256,6 @@ def test_equal_inputs_give_equal_analyses():
         analyse(chat(other))  # nothing of one request may leak into the next
     analysis._HIT_CACHE.clear()
     assert analyse(body) == first == analyse(reordered)
-    assert first.context_type == "analysis"
     assert json.loads(json.dumps(first.as_dict())) == first.as_dict()
 
 
