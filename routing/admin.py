@@ -171,6 +171,13 @@ class PublicModelForm(forms.ModelForm):
         help_text="Comma-separated capability tags, e.g. code_generation, code_review, math, analysis, "
         "creative_writing, summarization, translation, question_answering, general_chat.",
     )
+    fallbacks = CommaSeparatedListField(
+        required=False, help_text="Comma-separated model names tried in this order when this model cannot serve."
+    )
+    context_window_fallbacks = CommaSeparatedListField(
+        required=False,
+        help_text="Comma-separated model names used instead, in this order, for a request too long for this model.",
+    )
 
     class Meta:
         model = Model
@@ -180,6 +187,8 @@ class PublicModelForm(forms.ModelForm):
             "enabled",
             "strategy",
             "capabilities",
+            "fallbacks",
+            "context_window_fallbacks",
             "context_window",
             "supports_function_calling",
             "supports_vision",
@@ -188,6 +197,19 @@ class PublicModelForm(forms.ModelForm):
             "output_cost_per_mtok",
         )
         widgets = {field: OverrideSelect for field in metadata.FEATURES}
+
+    def clean(self):
+        """Refuse fallbacks that name no model, or the model itself."""
+        cleaned = super().clean()
+        for field in ("fallbacks", "context_window_fallbacks"):
+            names = cleaned.get(field) or []
+            known = set(Model.objects.filter(name__in=names).values_list("name", flat=True))
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                self.add_error(field, f"No such model: {', '.join(unknown)}.")
+            elif cleaned.get("name") in names:
+                self.add_error(field, "A model cannot be its own fallback.")
+        return cleaned
 
 
 class ProviderInstanceInlineForm(forms.ModelForm):
@@ -401,6 +423,7 @@ class PublicModelAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "description", "enabled", "strategy", "capabilities")}),
+        ("Fallbacks", {"fields": ("fallbacks", "context_window_fallbacks")}),
         (
             "Metadata overrides",
             {

@@ -297,6 +297,19 @@ def test_model_capabilities_are_edited_as_comma_separated_text(admin_client, mod
     assert model.capabilities == ["code", "vision"]
 
 
+def test_model_fallbacks_are_edited_as_names_of_other_models(admin_client, model):
+    Model.objects.create(name="vault-backup")
+    data = model_data(model, fallbacks="vault-backup", context_window_fallbacks=" vault-backup ")
+    admin_client.post(url("model_change", model.pk), data)
+    model.refresh_from_db()
+    assert (model.fallbacks, model.context_window_fallbacks) == (["vault-backup"], ["vault-backup"])
+    for bad, error in (("vault-ghost", "No such model: vault-ghost."), ("vault-gpt", "cannot be its own fallback")):
+        response = admin_client.post(url("model_change", model.pk), model_data(model, fallbacks=bad))
+        assert response.status_code == 200 and error in str(response.context["adminform"].form.errors["fallbacks"])
+    model.refresh_from_db()
+    assert model.fallbacks == ["vault-backup"]
+
+
 def test_model_inline_adds_an_instance_and_keeps_saved_ids(admin_client, model, provider, instance):
     rows = [
         {
