@@ -155,6 +155,8 @@ class ChatRequest:
         previous, self.model = self.model, self.fallbacks.pop(0)
         self.decision.setdefault("fallbacks", []).append({"from": previous.name, "to": self.model.name})
         self.decision["model"]["served"] = self.model.name
+        if "selection" in self.decision:
+            self.decision["selection"]["served"] = self.model.name  # the winner could not serve; this one did
         return True
 
     def choose_instance(self, tried):

@@ -116,6 +116,8 @@ def test_a_selected_request_falls_back_to_the_next_model_when_the_first_fails(ga
     assert raw.headers["x-chatvault-model"] == "sel-second"
     stored = row(raw.headers["x-request-id"])
     assert stored.decision["fallbacks"] == [{"from": "sel-first", "to": "sel-second"}]
+    selection = stored.decision["selection"]
+    assert (selection["winner"], selection["served"]) == ("sel-first", "sel-second")
     assert [a["instance"] for a in stored.decision["attempts"]] == [first.instance_ids[0], second.instance_ids[0]]
     assert stored.served_model == "sel-second" and stored.outcome == "ok"
 
