@@ -179,4 +179,12 @@ AXES_LOCKOUT_CALLABLE = "routing.admin.login_lockout_response"
 # the task, so admins change it without restarting beat. A tick still queued after 5 s is stale: drop it.
 CELERY_BEAT_SCHEDULE = {
     "probe-instances": {"task": "routing.tasks.probe_instances", "schedule": 5.0, "options": {"expires": 5.0}},
+    # Recomputes the hours since the newest rollup, or of the last 15 minutes if that is earlier: a request is logged
+    # when it ends, so a long stream lands in a bucket that was already rolled up.
+    "rollup-request-logs": {
+        "task": "routing.tasks.rollup_request_logs",
+        "schedule": 60.0,
+        "kwargs": {"lookback_seconds": 15 * 60},
+        "options": {"expires": 60.0},
+    },
 }

@@ -469,3 +469,56 @@ class Selection(RequestLog):
 
     class Meta:
         proxy = True
+
+
+class RollupGranularity(models.TextChoices):
+    """How long a rollup bucket is."""
+
+    MINUTE = "minute", "Minute"
+    HOUR = "hour", "Hour"
+
+
+class RequestRollup(models.Model):
+    """RequestLog statistics of one model and instance over one minute or hour, recomputed from the log.
+
+    Written only by `routing.rollups.rollup_request_logs`, which recomputes whole buckets and replaces them, so a
+    rerun gives the same rows. Latency and TTFT are of successful requests, as histograms (`routing.histogram`)
+    that merge by adding counts; counts by outcome and by context type are {name: count}.
+    """
+
+    granularity = models.CharField(max_length=8, choices=RollupGranularity.choices)
+    bucket_start = models.DateTimeField(help_text="Start of the minute or hour (UTC).")
+    model = models.CharField(
+        max_length=200, blank=True, default="", help_text="The served model; empty when none was chosen."
+    )
+    instance_id = models.CharField(
+        max_length=100, blank=True, default="", help_text="The instance that answered last; empty when none was tried."
+    )
+    requests = models.PositiveIntegerField(default=0)
+    successes = models.PositiveIntegerField(default=0, help_text="Requests whose outcome is ok.")
+    outcomes = models.JSONField(default=dict, blank=True, help_text="{outcome: requests}.")
+    context_types = models.JSONField(
+        default=dict, blank=True, help_text="{context type: requests} of the requests whose model was selected."
+    )
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=20, decimal_places=8, default=0)
+    latency_ms_histogram = models.JSONField(default=list, blank=True, help_text="Bucket counts, see routing.histogram.")
+    ttft_ms_histogram = models.JSONField(default=list, blank=True, help_text="Bucket counts, see routing.histogram.")
+
+    class Meta:
+        ordering = ["-bucket_start", "model", "instance_id"]
+        constraints = [
+            # Also the index of every read: a granularity and a range of bucket starts.
+            models.UniqueConstraint(
+                fields=["granularity", "bucket_start", "model", "instance_id"],
+                name="%(app_label)s_%(class)s_unique_bucket",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(successes__lte=models.F("requests")),
+                name="%(app_label)s_%(class)s_successes_lte_requests",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.model or '-'} / {self.instance_id or '-'} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"

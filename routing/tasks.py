@@ -1,4 +1,7 @@
-"""Celery tasks of the routing app: active health checks (scheduled by beat, see CELERY_BEAT_SCHEDULE)."""
+"""Celery tasks of the routing app: active health checks and request-log rollups (scheduled by beat, see
+CELERY_BEAT_SCHEDULE)."""
+
+from datetime import timedelta
 
 from celery import shared_task
 
@@ -17,3 +20,11 @@ def probe_instance(instance_id):
     from routing.probes import instance_probe
 
     return instance_probe(instance_id=instance_id).ok
+
+
+@shared_task(ignore_result=True)
+def rollup_request_logs(lookback_seconds=15 * 60):
+    """Roll the request log up from the newest rollup, or lookback_seconds back if that is earlier."""
+    from routing.rollups import rollup_request_logs as rollup
+
+    rollup(lookback=timedelta(seconds=lookback_seconds))
