@@ -11,6 +11,9 @@ urlpatterns = [
     path("v1/models/recommend", api.RecommendView.as_view(), name="models-recommend"),
     path("v1/models/<path:model>", api.ModelDetailView.as_view(), name="model-detail"),
     path("v1/admin/load-balancer/stats", admin_api.LoadBalancerStatsView.as_view(), name="admin-load-balancer-stats"),
+    path(
+        "v1/admin/model-selector/stats", admin_api.ModelSelectorStatsView.as_view(), name="admin-model-selector-stats"
+    ),
     path("healthz", api.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

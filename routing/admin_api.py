@@ -1,4 +1,4 @@
-"""Operator endpoints under `/v1/admin/`: for now `GET /v1/admin/load-balancer/stats`.
+"""Operator endpoints under `/v1/admin/`: `GET /v1/admin/load-balancer/stats` and `GET /v1/admin/model-selector/stats`.
 
 These are served by Django's full handler (see `chatvault_site.handlers.is_api_path`), not the lean API handler,
 because a staff member's browser session must work as well as an admin API key; errors still come in OpenAI's shape.
@@ -19,10 +19,11 @@ from django.contrib.auth import get_user
 from django.db import DatabaseError, close_old_connections
 from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
+from django.utils import timezone
 
-from routing import state
+from routing import rollups, state
 from routing.api import GatewayView, authenticate_request, current_snapshot
-from routing.errors import AuthenticationFailed, GatewayError, PermissionDenied
+from routing.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied
 from routing.health import OPEN
 from routing.models import InstanceProbe
 
@@ -180,3 +181,28 @@ class LoadBalancerStatsView(GatewayView):
         await _authorize(request, snap)
         stats = await load_balancer_stats(snapshot=snap, routing_state=state.get(), now=time.time())
         return JsonResponse(stats)
+
+
+class ModelSelectorStatsView(GatewayView):
+    """GET /v1/admin/model-selector/stats?window=1h|24h|7d — per model: traffic, success, latency, cost, selections.
+
+    Read from the request-log rollups only (one query of at most a few hundred rows per model and instance), never
+    from the log itself, so it stays fast however long the log is; read and summed on a database thread, off the
+    event loop that serves model traffic. The figures live in the database: when it does not answer within
+    DATABASE_WAIT_SECONDS, the answer is a 503 (`database_unavailable`). No RequestLog row, as above.
+    """
+
+    async def get(self, request):
+        """Return the selector's figures over the window."""
+        snap = await current_snapshot()
+        await _authorize(request, snap)
+        name = request.query_params.get("window", rollups.DEFAULT_WINDOW)
+        if name not in rollups.WINDOWS:
+            raise InvalidRequest(
+                f"window must be one of {', '.join(rollups.WINDOWS)}.", param="window", code="invalid_window"
+            )
+        end = timezone.now()
+        start = rollups.window_start(end, rollups.WINDOWS[name])
+        stats = await read_database(rollups.model_selector_stats, start, end, sorted(snap.models))
+        window = {"name": name, "start": start.isoformat(), "end": end.astimezone(UTC).isoformat()}
+        return JsonResponse({"window": window, **stats, "experiments": []})

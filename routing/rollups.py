@@ -257,6 +257,11 @@ def rollup_rows(start, end):
     )
 
 
+def model_selector_stats(start, end, models=()):
+    """Return the selector's figures from start to end: the rollups read, then summed per model."""
+    return selector_stats(rollup_rows(start, end), models=models)
+
+
 def selector_stats(rows, *, models=()):
     """Return the per-model figures and the context-type counts of rollup rows (plain values, no database).
 

@@ -1,11 +1,13 @@
 """End-to-end tests of `GET /v1/admin/load-balancer/stats` against a live ChatVault process and live fake providers:
 who may call it, what it shows, that it answers quickly when the database does not, and that draining and breaker
-resets reach the workers."""
+resets reach the workers; and of `GET /v1/admin/model-selector/stats`: who may call it, its windows, and that it
+shows the rollups."""
 
 import contextlib
 import json
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 
 import httpx
@@ -15,7 +17,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from routing import histogram
 from routing.models import InstanceProbe, ProviderInstance, RequestLog
+from routing.rollups import rollup_request_logs
 from tests.factories import make_key, make_model, wait_for_model, wait_for_reload
 from tests.gateway import wait_until
 
@@ -327,3 +331,175 @@ def test_a_breaker_reset_closes_the_breaker(gateway, fake_b):
         lambda: instance_entry(get_stats(gateway, raw)[2], instance_id)["state"] == "closed", message="breaker reset"
     )
     assert chat(gateway, raw, "vault-reset").headers["x-chatvault-instance"] == instance_id
+
+
+# --- GET /v1/admin/model-selector/stats ---------------------------------------------------------------------------
+
+SELECTOR = "/v1/admin/model-selector/stats"
+
+
+def get_selector_stats(gateway, raw_key=None, query="", headers=None):
+    """Return (status, headers, decoded JSON) of the model-selector stats."""
+    headers = dict(headers or {})
+    if raw_key:
+        headers["Authorization"] = f"Bearer {raw_key}"
+    status, resp_headers, body = gateway.request("GET", SELECTOR + query, headers=headers)
+    return status, resp_headers, json.loads(body)
+
+
+def log_row(ago, *, model="vault-lb", instance="", outcome="ok", **fields):
+    """Write a chat-completions RequestLog row created `ago` before now."""
+    RequestLog.objects.create(
+        request_id=uuid.uuid4(),
+        created_at=timezone.now() - ago,
+        served_model=model,
+        instance_id=instance or None,
+        outcome=outcome,
+        status_code=200 if outcome == "ok" else 502,
+        **fields,
+    )
+
+
+@pytest.fixture
+def traffic(lb):
+    """Log and roll up requests to vault-lb 10 minutes, 5 hours, 3 days and 8 days ago; return the admin key."""
+    raw, model = lb
+    first, second = model.instance_ids
+    minutes = timedelta(minutes=10)
+    log_row(minutes, instance=first, latency_ms=100, ttft_ms=40, stream=True, context_type="math", cost_usd="0.01")
+    log_row(minutes, instance=second, outcome="upstream_error", latency_ms=30, context_type="math")
+    log_row(minutes, model="", outcome="client_error", latency_ms=1, context_type="translation")  # none eligible
+    log_row(timedelta(hours=5), instance=first, latency_ms=400, context_type="code_generation", cost_usd="0.02")
+    log_row(timedelta(days=3), instance=first, latency_ms=1000, cost_usd="0.03")
+    log_row(timedelta(days=8), instance=first, latency_ms=1000, cost_usd="1")
+    rollup_request_logs(since=timezone.now() - timedelta(days=9))
+    return raw
+
+
+def figure(ms):
+    """Return what the endpoint shows for a latency: the middle of its histogram bucket, to a tenth."""
+    return round(histogram.bucket_value(histogram.bucket_index(ms)), 1)
+
+
+def test_selector_stats_are_401_without_a_key_and_403_with_a_key_that_is_not_admin(lb, gateway):
+    status, headers, body = get_selector_stats(gateway)
+    assert status == 401 and headers["x-request-id"]
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "authentication_error"
+
+    raw = make_key("client")
+    wait_for_model(gateway, raw, "vault-lb")
+    status, _, body = get_selector_stats(gateway, raw)
+    assert status == 403 and body["error"]["type"] == "permission_error"
+    assert get_selector_stats(gateway, "cv-not-a-real-key")[0] == 401
+
+
+def test_selector_stats_take_a_staff_session_but_not_a_session_without_staff(lb, gateway, django_user_model):
+    staff = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
+    other = django_user_model.objects.create_user(username="bob", password="pw-for-bob-123")
+    for user, expected in ((staff, 200), (other, 403)):
+        django_client = Client()
+        django_client.force_login(user)
+        with http_client(gateway) as client:
+            client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+            assert client.get(SELECTOR).status_code == expected
+
+
+@pytest.mark.parametrize("query", ["?window=30d", "?window=", "?window=1H", "?window=" + "x" * 5000])
+def test_selector_stats_refuse_another_window_in_openai_shape(lb, gateway, query):
+    raw, _ = lb
+    status, headers, body = get_selector_stats(gateway, raw, query)
+    assert status == 400 and headers["x-request-id"]
+    assert body["error"] == {
+        "message": "window must be one of 1h, 24h, 7d.",
+        "type": "invalid_request_error",
+        "param": "window",
+        "code": "invalid_window",
+    }
+
+
+def test_selector_stats_show_each_window_from_the_rollups(traffic, gateway):
+    by_window = {}
+    for name in ("1h", "24h", "7d"):
+        status, _, stats = get_selector_stats(gateway, traffic, f"?window={name}")
+        assert status == 200 and stats["window"]["name"] == name and stats["experiments"] == []
+        by_window[name] = stats
+    default = get_selector_stats(gateway, traffic)[2]
+    assert default["window"]["name"] == "24h" and default["models"] == by_window["24h"]["models"]
+
+    one_hour, day, week = (by_window[name] for name in ("1h", "24h", "7d"))
+    assert one_hour["models"] == [
+        {
+            "model": "vault-lb",
+            "requests": 2,
+            "success_rate": 0.5,
+            "latency_ms_p50": figure(100),  # of successful requests only
+            "latency_ms_p95": figure(100),
+            "ttft_ms_p50": figure(40),
+            "cost_usd": 0.01,
+            "selections": {"math": 2},
+        }
+    ]
+    assert one_hour["context_types"] == {"math": 2, "translation": 1}
+
+    (entry,) = day["models"]
+    assert (entry["requests"], entry["success_rate"], entry["cost_usd"]) == (3, 0.6667, 0.03)
+    assert (entry["latency_ms_p50"], entry["latency_ms_p95"]) == (figure(100), figure(400))
+    assert entry["selections"] == {"code_generation": 1, "math": 2}
+    assert day["context_types"] == {"code_generation": 1, "math": 2, "translation": 1}
+
+    (entry,) = week["models"]
+    assert (entry["requests"], entry["success_rate"], entry["cost_usd"]) == (4, 0.75, 0.06)
+    assert (entry["latency_ms_p50"], entry["latency_ms_p95"]) == (figure(400), figure(1000))
+
+
+def test_selector_stats_windows_end_now_and_start_at_a_minute_or_an_hour(traffic, gateway):
+    for name, length in (("1h", timedelta(hours=1)), ("24h", timedelta(days=1)), ("7d", timedelta(days=7))):
+        window = get_selector_stats(gateway, traffic, f"?window={name}")[2]["window"]
+        start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
+        assert start.utcoffset() == end.utcoffset() == timedelta(0)
+        assert abs(end - timezone.now()) < timedelta(seconds=30)
+        unit = timedelta(hours=1) if name == "7d" else timedelta(minutes=1)
+        assert (start - start.replace(minute=0, second=0, microsecond=0)) % unit == timedelta(0)
+        assert timedelta(0) <= end - start - length < unit
+
+
+def test_selector_stats_read_the_rollups_not_the_log(traffic, gateway):
+    before = get_selector_stats(gateway, traffic, "?window=7d")[2]
+    RequestLog.objects.all().delete()
+    log_row(timedelta(minutes=1), latency_ms=5)  # never rolled up
+    after = get_selector_stats(gateway, traffic, "?window=7d")[2]
+    assert after["models"] == before["models"] and after["models"][0]["requests"] == 4
+
+
+def test_selector_stats_list_every_served_model_even_without_traffic(lb, gateway):
+    raw, _ = lb
+    log_row(timedelta(minutes=2), model="vault-retired", latency_ms=50)
+    rollup_request_logs()
+    status, _, stats = get_selector_stats(gateway, raw)
+    assert status == 200
+    assert [(m["model"], m["requests"], m["success_rate"], m["latency_ms_p50"]) for m in stats["models"]] == [
+        ("vault-lb", 0, None, None),
+        ("vault-retired", 1, 1.0, figure(50)),
+    ]
+    assert stats["context_types"] == {}
+
+
+def test_selector_stats_percentiles_come_from_the_merged_histograms(lb, gateway):
+    raw, model = lb
+    # 20 successes over two instances and three hours: the 19th and 20th (the p95) are slow
+    for index in range(20):
+        ago = timedelta(hours=index % 3, minutes=5)
+        log_row(ago, instance=model.instance_ids[index % 2], latency_ms=1000 if index in (3, 12) else 100)
+    rollup_request_logs()
+    (entry,) = get_selector_stats(gateway, raw)[2]["models"]
+    assert (entry["requests"], entry["latency_ms_p50"], entry["latency_ms_p95"]) == (20, figure(100), figure(1000))
+
+
+def test_selector_stats_are_a_quick_503_while_the_rollups_are_locked(lb, gateway, database_url):
+    raw, _ = lb
+    with table_locked(database_url, "routing_requestrollup"):
+        (status, _, body), seconds = timed(lambda: get_selector_stats(gateway, raw))
+    assert status == 503 and seconds < QUICKLY
+    assert body["error"]["code"] == "database_unavailable"
+    wait_until(lambda: get_selector_stats(gateway, raw)[0] == 200, message="the rollups are read again")
