@@ -598,11 +598,12 @@ async def run_phase(target, *, pids, model, stream, concurrency, warmup, duratio
 PHASES = [
     # key, title, model, stream, concurrency, short
     ("a", "non-streaming, c=1", MODEL, False, 1, False),
+    # Right after a, on the same warm process, so the difference between the two is selection alone.
+    ("f", "model=auto, c=1", AUTO, False, 1, False),
     ("b", "non-streaming, c=32", MODEL, False, 32, False),
     ("c", "streaming, 32 streams", STREAM_MODEL, True, 32, False),
     ("d", "streaming, c=1", STREAM_MODEL, True, 1, False),
     ("e", "streaming, 256 streams", STREAM_MODEL, True, 256, True),
-    ("f", "model=auto, c=1", AUTO, False, 1, False),
 ]
 
 

@@ -35,7 +35,7 @@ class Weights:
 
     def as_dict(self):
         """Return the weights as a plain dict (for the decision record)."""
-        return dataclasses.asdict(self)
+        return {"capability": self.capability, "performance": self.performance, "cost": self.cost}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
