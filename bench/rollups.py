@@ -38,13 +38,15 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/rollups.py` puts bench/ on the path, not the repository
 
+from run import database_urls, drop_database, recreate_database  # noqa: E402  (bench/run.py's database helpers)
+
+from routing.analysis import CONTEXT_TYPES  # noqa: E402  (no Django import)
 from routing.stats import percentile  # noqa: E402  (no Django import)
 
 HOST = "127.0.0.1"
@@ -53,17 +55,6 @@ BATCH_ROWS = 1_000_000
 MODELS = 4
 INSTANCES_PER_MODEL = 2
 TARGET_MS = 200
-CONTEXT_TYPES = [
-    "code_generation",
-    "code_review",
-    "math",
-    "analysis",
-    "creative_writing",
-    "summarization",
-    "translation",
-    "question_answering",
-    "general_chat",
-]
 
 # Row i of n: created at an even spacing over the 7 days before the load started; model i % 4, instance (i / 4) % 2;
 # outcome ok unless i % 100 < 5; context type for 70 % of rows; latency exp(3 + 5 r) ms (20 ms to 3 s), one row in
@@ -84,7 +75,7 @@ SELECT
     lat, CASE WHEN i %% 3 = 0 THEN lat * random() ELSE NULL END, 1, '{}'::jsonb,
     CASE WHEN i %% 10 < 7 THEN (%(types)s::text[])[1 + (i / 10) %% 9] ELSE '' END,
     'bench-model-' || (i %% 4) || '-' || ((i / 4) %% 2), NULL
-FROM (SELECT i, exp(3 + 5 * random()) AS lat FROM generate_series(%(first)s, %(last)s) AS i) AS g
+FROM (SELECT i, exp(3 + 5 * random()) AS lat FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i) AS g
 """
 
 SETUP_CODE = """
@@ -109,30 +100,6 @@ def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def database_urls():
-    """Return (admin URL on the `postgres` db, bench DB URL) built from DATABASE_URL."""
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatvault")
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        raise SystemExit(f"this bench needs a Postgres DATABASE_URL, got scheme {parts.scheme!r}")
-    admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
-    bench = urlunsplit((parts.scheme, parts.netloc, f"/{BENCH_DB}", parts.query, ""))
-    return admin, bench
-
-
-def recreate_database(admin_url):
-    """Drop and create the bench database."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-
-
-def drop_database(admin_url):
-    """Drop the bench database."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-
-
 def manage(bench_url, *args, timeout=300):
     """Run manage.py on the bench database; return its stdout (raise on failure)."""
     env = dict(os.environ, DATABASE_URL=bench_url, BENCH_MODELS=str(MODELS), BENCH_INSTANCES=str(INSTANCES_PER_MODEL))
@@ -151,9 +118,8 @@ def load_rows(bench_url, total):
         start = conn.execute("SELECT now() - interval '7 days'").fetchone()[0]
         for first in range(0, total, BATCH_ROWS):
             last = min(first + BATCH_ROWS, total) - 1
-            conn.execute(
-                INSERT_ROWS, {"start": start, "total": total, "first": first, "last": last, "types": CONTEXT_TYPES}
-            )
+            params = {"start": start, "total": total, "first": first, "last": last, "types": list(CONTEXT_TYPES)}
+            conn.execute(INSERT_ROWS, params)
             log(f"  {last + 1:,} rows ({time.perf_counter() - started:.0f} s)")
         conn.execute("VACUUM ANALYZE routing_requestlog")
     return time.perf_counter() - started
@@ -240,11 +206,11 @@ def main():
     parser.add_argument("--calls", type=int, default=30, help="timed endpoint calls per window (default 30)")
     parser.add_argument("--keep", action="store_true", help="leave the bench database in place")
     args = parser.parse_args()
-    admin_url, bench_url = database_urls()
+    admin_url, bench_url = database_urls(BENCH_DB)
     failures = []
 
     log(f"preparing database {BENCH_DB} (drop, create, migrate, configure)")
-    recreate_database(admin_url)
+    recreate_database(admin_url, BENCH_DB)
     manage(bench_url, "migrate", "--no-input", "-v", "0")
     key = next(line[10:] for line in manage(bench_url, "shell", "-c", SETUP_CODE).splitlines() if "BENCH_KEY=" in line)
 
@@ -324,7 +290,7 @@ def main():
     for failure in failures:
         print(f"  FAIL {failure}")
     if not args.keep:
-        drop_database(admin_url)
+        drop_database(admin_url, BENCH_DB)
     return 1 if failures else 0
 
 

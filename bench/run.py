@@ -301,22 +301,28 @@ def start_fake(children, name, *args):
 # --- database -----------------------------------------------------------------------------------------------------
 
 
-def database_urls():
-    """Return (admin URL on the `postgres` db, bench DB URL) built from DATABASE_URL."""
+def database_urls(name=BENCH_DB):
+    """Return (admin URL on the `postgres` db, URL of the bench database `name`) built from DATABASE_URL."""
     url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatvault")
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql", "pgsql"):
         raise SystemExit(f"bench needs a Postgres DATABASE_URL, got scheme {parts.scheme!r}")
     admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
-    bench = urlunsplit((parts.scheme, parts.netloc, f"/{BENCH_DB}", parts.query, ""))
+    bench = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
     return admin, bench
 
 
-def recreate_database(admin_url):
-    """Drop and create the bench database."""
+def drop_database(admin_url, name=BENCH_DB):
+    """Drop a bench database if it exists."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def recreate_database(admin_url, name=BENCH_DB):
+    """Drop and create a bench database."""
+    drop_database(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 SETUP_CODE = """
