@@ -72,9 +72,17 @@ def lb(gateway, fake, fake_b):
     return raw, model
 
 
-def http_client(gateway):
-    """Return an httpx client for the gateway that never goes through a proxy."""
-    return httpx.Client(base_url=gateway.root_url, trust_env=False, timeout=10)
+def http_client(gateway, user=None):
+    """Return an httpx client for the gateway that never goes through a proxy, signed in as user if given.
+
+    The session is made the way a login would make it (the admin login refuses non-staff users).
+    """
+    client = httpx.Client(base_url=gateway.root_url, trust_env=False, timeout=10)
+    if user is not None:
+        django_client = Client()
+        django_client.force_login(user)
+        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    return client
 
 
 # --- who may call it ----------------------------------------------------------------------------------------------
@@ -133,11 +141,7 @@ def test_a_staff_session_from_the_admin_login_may_call_it(lb, gateway, django_us
 
 def test_a_session_without_staff_status_is_403(lb, gateway, django_user_model):
     user = django_user_model.objects.create_user(username="bob", password="pw-for-bob-123")
-    # The admin login refuses non-staff users, so make their session the way a login would.
-    django_client = Client()
-    django_client.force_login(user)
-    with http_client(gateway) as client:
-        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    with http_client(gateway, user) as client:
         response = client.get(STATS)
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
@@ -145,10 +149,7 @@ def test_a_session_without_staff_status_is_403(lb, gateway, django_user_model):
 
 def test_a_bad_key_is_401_even_with_a_staff_session(lb, gateway, django_user_model):
     user = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
-    django_client = Client()
-    django_client.force_login(user)
-    with http_client(gateway) as client:
-        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    with http_client(gateway, user) as client:
         assert client.get(STATS).status_code == 200
         assert client.get(STATS, headers={"Authorization": "Bearer cv-wrong"}).status_code == 401
 
@@ -282,10 +283,7 @@ def test_it_answers_quickly_without_probes_while_the_probe_table_is_locked(lb, g
 
 def test_a_staff_session_gets_a_quick_503_while_sessions_are_locked(lb, gateway, database_url, django_user_model):
     user = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
-    django_client = Client()
-    django_client.force_login(user)
-    with http_client(gateway) as client:
-        client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    with http_client(gateway, user) as client:
         assert client.get(STATS).status_code == 200
         with table_locked(database_url, "django_session"):
             response, seconds = timed(lambda: client.get(STATS))
@@ -398,10 +396,7 @@ def test_selector_stats_take_a_staff_session_but_not_a_session_without_staff(lb,
     staff = django_user_model.objects.create_user(username="ops", password="pw-for-ops-123", is_staff=True)
     other = django_user_model.objects.create_user(username="bob", password="pw-for-bob-123")
     for user, expected in ((staff, 200), (other, 403)):
-        django_client = Client()
-        django_client.force_login(user)
-        with http_client(gateway) as client:
-            client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+        with http_client(gateway, user) as client:
             assert client.get(SELECTOR).status_code == expected
 
 
