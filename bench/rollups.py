@@ -30,11 +30,8 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +41,13 @@ import psycopg
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/rollups.py` puts bench/ on the path, not the repository
 
-from run import database_urls, drop_database, recreate_database  # noqa: E402  (bench/run.py's database helpers)
+from run import (  # noqa: E402  (bench/run.py's database and process helpers)
+    Children,
+    database_urls,
+    drop_database,
+    recreate_database,
+    start_gateway,
+)
 
 from routing.analysis import CONTEXT_TYPES  # noqa: E402  (no Django import)
 from routing.stats import percentile  # noqa: E402  (no Django import)
@@ -137,13 +140,6 @@ def log_counts(bench_url, starts):
         }
 
 
-def free_port():
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def get(port, path, key, timeout=10.0):
     """GET a path with the key; return (status, decoded JSON, milliseconds)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -156,41 +152,6 @@ def get(port, path, key, timeout=10.0):
         return resp.status, json.loads(body), elapsed
     finally:
         conn.close()
-
-
-def start_gateway(bench_url, logfile):
-    """Start one uvicorn worker on the bench database; return (Popen, port) once /healthz answers 200."""
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=bench_url, PYTHONUNBUFFERED="1")
-    command = [
-        sys.executable, "-m", "uvicorn", "chatvault_site.asgi:application", "--host", HOST, "--port", str(port),
-        "--no-access-log", "--loop", "uvloop", "--http", "httptools",
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the gateway exited at start-up; see its log")
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("the gateway did not answer /healthz within 60 s")
-
-
-def stop(proc):
-    """Stop a child process by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def summary(samples):
@@ -256,21 +217,21 @@ def main():
 
     log("starting a gateway worker on the bench database")
     endpoint_ms = {}
-    with tempfile.NamedTemporaryFile(prefix="chatvault-bench-rollups-", suffix=".log", delete=False) as gateway_log:
-        proc, port = start_gateway(bench_url, gateway_log)
-        try:
-            for name in rollups.WINDOWS:
-                path = f"/v1/admin/model-selector/stats?window={name}"
-                status, body, _ = get(port, path, key)  # warm-up: the first query of a connection plans it
-                if status != 200:
-                    raise RuntimeError(f"{path} answered {status}: {body}")
-                shown = sum(m["requests"] for m in body["models"])
-                if shown != expected[name]:
-                    failures.append(f"window {name} shows {shown:,} requests, the log has {expected[name]:,}")
-                endpoint_ms[name] = [get(port, path, key)[2] for _ in range(args.calls)]
-        finally:
-            stop(proc)
-    Path(gateway_log.name).unlink()
+    children = Children()  # bench/run.py's: started processes are stopped by PID, the gateway's log kept aside
+    try:
+        _, port, _, _ = start_gateway(children, bench_url)
+        for name in rollups.WINDOWS:
+            path = f"/v1/admin/model-selector/stats?window={name}"
+            status, body, _ = get(port, path, key)  # warm-up: the first query of a connection plans it
+            if status != 200:
+                raise RuntimeError(f"{path} answered {status}: {body}")
+            shown = sum(m["requests"] for m in body["models"])
+            if shown != expected[name]:
+                failures.append(f"window {name} shows {shown:,} requests, the log has {expected[name]:,}")
+            endpoint_ms[name] = [get(port, path, key)[2] for _ in range(args.calls)]
+    finally:
+        children.stop_all()
+    children.remove_logs()
 
     print()
     print(f"RequestLog rows loaded        {args.rows:>12,}   in {load_seconds:.0f} s (with VACUUM ANALYZE)")

@@ -1,13 +1,12 @@
 """Shared fixtures. Tests run against a real Postgres (DATABASE_URL), real fake-provider processes and a real
 ChatVault process — no mocks of our own code."""
 
-import time
 
 import pytest
 from django.conf import settings
 
 from tests.fakes import FakeProvider
-from tests.gateway import Gateway, wait_until
+from tests.gateway import Gateway
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +30,7 @@ def gateway(_gateway_process):
     After the test, wait until the gateway has written the test's rows, so they cannot land in the next test.
     """
     yield _gateway_process
-    time.sleep(0.1)
-    wait_until(lambda: _gateway_process.health()["request_log"]["pending"] == 0, message="request log drained")
+    _gateway_process.wait_log_drained()
 
 
 @pytest.fixture(scope="session")

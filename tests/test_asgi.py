@@ -24,12 +24,18 @@ MiB = 2**20
 
 
 @pytest.fixture(scope="module")
-def edge(database_url, tmp_path_factory):
-    """Return a gateway with the access log on and a temporary directory of its own (to see what it spools)."""
+def _edge(database_url, tmp_path_factory):
     tmpdir = tmp_path_factory.mktemp("gateway-tmp")
     with Gateway.start(database_url, access_log=True, tmpdir=tmpdir) as gw:
         gw.tmpdir = tmpdir
         yield gw
+
+
+@pytest.fixture
+def edge(_edge):
+    """Return a gateway with the access log on and a temporary directory of its own (to see what it spools)."""
+    yield _edge
+    _edge.wait_log_drained()
 
 
 def rss_kib(pid):
