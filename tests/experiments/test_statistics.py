@@ -64,6 +64,14 @@ def test_t_quantile_and_cdf_match_scipy(q, df):
     assert st.t_cdf(x, df) == pytest.approx(stats.t.cdf(x, df), abs=1e-9)
 
 
+@pytest.mark.parametrize("q", [1e-9, 1e-6, 1e-3])
+def test_t_quantile_keeps_relative_precision_far_in_the_tails(q):
+    # Closed forms (df = 1: Cauchy; df = 2), written so they lose nothing to rounding q - 0.5 or 1 - q.
+    assert st.t_ppf(q, 1) == pytest.approx(-1 / math.tan(math.pi * q), rel=1e-12)
+    assert st.t_ppf(1 - q, 1) == pytest.approx(1 / math.tan(math.pi * q), rel=1e-6)
+    assert st.t_ppf(q, 2) == pytest.approx((2 * q - 1) / math.sqrt(2 * q * (1 - q)), rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("a", "b", "x"), [(0.5, 0.5, 0.3), (5, 0.5, 0.9), (50, 0.5, 0.99), (2.5, 7, 0.1), (30, 40, 0.5)]
 )
