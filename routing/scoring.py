@@ -85,6 +85,7 @@ class Ranked:
     estimated_cost_usd: Decimal | None = None
     reasons: tuple[str, ...] = ()
     capacity_only: bool = False  # filtered only because no instance can take a request now
+    unmet: tuple[str, ...] = ()  # the requirements it was filtered for lacking: tools, vision, json, window
 
 
 def expected_cost(candidate, need):
@@ -96,22 +97,26 @@ def expected_cost(candidate, need):
 
 
 def filter_reasons(candidate, need):
-    """Return why the candidate cannot serve the request (empty when it can), and whether only capacity is missing."""
-    reasons = []
-    if need.tools and candidate.supports_function_calling is False:
-        reasons.append("does not support function calling")
-    if need.vision and candidate.supports_vision is False:
-        reasons.append("does not support image input")
-    if need.json and candidate.supports_response_schema is False:
-        reasons.append("does not support JSON mode / response schema")
+    """Return (why the candidate cannot serve the request, the requirements it lacks, whether only capacity is
+    missing); all empty or false when it can serve."""
+    reasons, unmet = [], []
+    for name, needed, support, reason in (
+        ("tools", need.tools, candidate.supports_function_calling, "does not support function calling"),
+        ("vision", need.vision, candidate.supports_vision, "does not support image input"),
+        ("json", need.json, candidate.supports_response_schema, "does not support JSON mode / response schema"),
+    ):
+        if needed and support is False:
+            reasons.append(reason)
+            unmet.append(name)
     if candidate.context_window is not None and need.context_window > candidate.context_window:
         reasons.append(f"needs a {need.context_window:,}-token window, has {candidate.context_window:,}")
+        unmet.append("window")
     if candidate.success_rate is not None and candidate.success_rate < MIN_SUCCESS_RATE:
         reasons.append(f"failing: {candidate.success_rate:.0%} of recent requests succeeded")
     capacity_only = not reasons and candidate.usable_instances <= 0
     if candidate.usable_instances <= 0:
         reasons.append("no instance can take a request now (breakers open, drained or over rpm/tpm)")
-    return tuple(reasons), capacity_only
+    return tuple(reasons), tuple(unmet), capacity_only
 
 
 def capability_fit(candidate, need):
@@ -143,9 +148,9 @@ def rank(candidates, need, weights=Weights(), preference_bonus=0.05):
     """
     eligible, filtered = [], []
     for candidate in candidates:
-        reasons, capacity_only = filter_reasons(candidate, need)
+        reasons, unmet, capacity_only = filter_reasons(candidate, need)
         if reasons:
-            filtered.append(Ranked(candidate.name, False, reasons=reasons, capacity_only=capacity_only,
+            filtered.append(Ranked(candidate.name, False, reasons=reasons, capacity_only=capacity_only, unmet=unmet,
                                    estimated_cost_usd=expected_cost(candidate, need)))  # fmt: skip
         else:
             eligible.append(candidate)

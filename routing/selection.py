@@ -194,22 +194,12 @@ def _nothing_eligible(ranked, need):
         return InvalidRequest("No enabled model may be selected for this API key.", code="no_eligible_model")
     if any(r.capacity_only for r in ranked):  # a model would serve it, were an instance free
         return NoCapacity("Every model that could serve this request is unavailable right now; retry later.")
-    unmet = [
-        REQUIREMENT_NAMES[name]
-        for name in ("tools", "vision", "json")
-        if getattr(need, name) and all(name_reason(r, name) for r in ranked)
-    ]
+    unmet = [REQUIREMENT_NAMES[name] for name in REQUIREMENT_NAMES if all(name in r.unmet for r in ranked)]
     if unmet:
         return InvalidRequest(f"No enabled model {' and '.join(unmet)}.", code="no_eligible_model")
-    if need.context_window and all("window" in " ".join(r.reasons) for r in ranked):
+    if all("window" in r.unmet for r in ranked):
         return InvalidRequest(
             f"No enabled model has a context window of {need.context_window:,} tokens.", code="context_too_long"
         )
     reasons = "; ".join(f"{r.name}: {', '.join(r.reasons)}" for r in ranked)
     return InvalidRequest(f"No enabled model can serve this request ({reasons}).", code="no_eligible_model")
-
-
-def name_reason(ranked, requirement):
-    """Return whether a filtered candidate was filtered for lacking the named requirement."""
-    wanted = {"tools": "function calling", "vision": "image input", "json": "JSON mode"}[requirement]
-    return any(wanted in reason for reason in ranked.reasons)

@@ -56,18 +56,20 @@ def test_a_failing_model_is_filtered_and_its_errors_lower_the_score_before_that(
 
 
 @pytest.mark.parametrize(
-    "need, fields, reason",
+    "need, fields, reason, unmet",
     [
-        (Need(tools=True), {"supports_function_calling": False}, "does not support function calling"),
-        (Need(vision=True), {"supports_vision": False}, "does not support image input"),
-        (Need(json=True), {"supports_response_schema": False}, "does not support JSON mode / response schema"),
+        (Need(tools=True), {"supports_function_calling": False}, "does not support function calling", "tools"),
+        (Need(vision=True), {"supports_vision": False}, "does not support image input", "vision"),
+        (Need(json=True), {"supports_response_schema": False}, "does not support JSON mode / response schema",
+         "json"),
         (Need(prompt_tokens=9000, max_output_tokens=1000), {"context_window": 8192},
-         "needs a 10,000-token window, has 8,192"),
+         "needs a 10,000-token window, has 8,192", "window"),
     ],
 )
-def test_each_hard_filter_names_its_reason(need, fields, reason):
+def test_each_hard_filter_names_its_reason(need, fields, reason, unmet):
     (ranked,) = rank([Candidate("m", **fields)], need)
     assert not ranked.eligible and ranked.reasons == (reason,) and not ranked.capacity_only
+    assert ranked.unmet == (unmet,)
 
 
 def test_unknown_support_is_eligible_but_said_so():
