@@ -4,7 +4,13 @@ from django.apps import AppConfig
 
 
 class ExperimentsConfig(AppConfig):
-    """The experiments app (A/B experiments land in a later issue; the app reserves its place in the layout)."""
+    """A/B experiments: variants, assignment, feedback, results and exports."""
 
     name = "experiments"
     verbose_name = "Experiments"
+
+    def ready(self):
+        """Keep the routing snapshot in step with experiment changes."""
+        from experiments import signals
+
+        signals.connect()

@@ -80,6 +80,9 @@ def _served_headers(response, chat):
     if chat.context_type:
         response["x-chatvault-context-type"] = chat.context_type
         response["x-chatvault-selection-reason"] = chat.selection_reason
+    if chat.assignment:
+        response["x-chatvault-experiment"] = chat.assignment.experiment.id
+        response["x-chatvault-variant"] = chat.assignment.variant.name
     return response
 
 
@@ -133,7 +136,9 @@ class ChatCompletionsView(GatewayView):
         """Serve one chat completion."""
         snap = await current_snapshot()
         key = authenticate_request(request, snap)
-        chat = ChatRequest(request_id=request.request_id, key=key, snapshot=snap)
+        chat = ChatRequest(
+            request_id=request.request_id, key=key, snapshot=snap, session=request.headers.get("x-chatvault-session")
+        )
         try:
             chat.resolve_model(_read_json(request))
             if chat.stream:

@@ -69,6 +69,13 @@ class RoutingSettings(models.Model):
         default=0.25, help_text="Weight of measured reliability and latency."
     )
     selection_weight_cost = models.FloatField(default=0.15, help_text="Weight of the request's expected cost.")
+    selection_weight_quality = models.FloatField(
+        default=0.05,
+        help_text=(
+            "Weight of the answers' quality as apps rated it (POST /v1/feedback): mean feedback per model and context "
+            "type, shrunk towards a neutral prior until enough feedback arrives; 0 turns it off."
+        ),
+    )
     selection_type_weights = models.JSONField(
         default=default_type_weights,
         blank=True,
@@ -442,12 +449,28 @@ class RequestLog(models.Model):
     context_type = models.CharField(
         max_length=32, blank=True, default="", help_text="The request's context type, when the model was selected."
     )
+    experiment = models.CharField(max_length=64, blank=True, default="", help_text="The experiment that enrolled it.")
+    variant = models.CharField(max_length=100, blank=True, default="", help_text="Its variant in that experiment.")
+    experiment_unit = models.CharField(
+        max_length=32, blank=True, default="", help_text="The hashed unit (user, session or key) it was assigned by."
+    )
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["api_key", "created_at"], name="routing_log_key_time"),
             models.Index(fields=["served_model", "created_at"], name="routing_log_model_time"),
+            # Experiment rollups and exports read an experiment's rows by time and by unit; most rows are in none.
+            models.Index(
+                fields=["experiment", "created_at"],
+                name="routing_log_experiment_time",
+                condition=~models.Q(experiment=""),
+            ),
+            models.Index(
+                fields=["experiment", "experiment_unit"],
+                name="routing_log_experiment_unit",
+                condition=~models.Q(experiment=""),
+            ),
         ]
 
     def __str__(self):

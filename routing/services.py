@@ -14,7 +14,8 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from routing import adapters, balancer, pricing, request_log, runtime, selection, state, storable
+from experiments import assignment as experiment_assignment
+from routing import adapters, analysis, balancer, pricing, request_log, runtime, selection, state, storable
 from routing.adapters import CLIENT_FAULT_STATUSES, UpstreamFailure
 from routing.errors import (
     InvalidRequest,
@@ -72,8 +73,9 @@ SSE_DONE = b"data: [DONE]\n\n"
 class ChatRequest:
     """One authenticated request, from model choice to its RequestLog row."""
 
-    def __init__(self, *, request_id, key, snapshot, endpoint="chat.completions"):
+    def __init__(self, *, request_id, key, snapshot, endpoint="chat.completions", session=None):
         self.request_id = request_id
+        self.session = session  # the x-chatvault-session header: an experiment's unit when `user` is not sent
         self.key = key
         self.snapshot = snapshot
         self.endpoint = endpoint
@@ -84,6 +86,7 @@ class ChatRequest:
         self.fallbacks = []  # next-ranked models of a selected request
         self.context_type = ""  # set when the model was selected
         self.selection_reason = ""
+        self.assignment = None  # the experiment and variant this request was enrolled in, if any
         self.instance = None
         self.stream = False
         self.attempts = []
@@ -118,7 +121,47 @@ class ChatRequest:
         self.decision["model"] = choice.decision
         if choice.selection:
             self.decision["selection"] = choice.selection
-        return choice.model
+        self._enroll(choice)
+        return self.model
+
+    def _enroll(self, choice):
+        """Put the request in the experiment that claims it, if its unit is enrolled: serve the unit's variant.
+
+        Reads only the snapshot. A variant whose model is not enabled falls back to the model the request would have
+        had without the experiment; the request still counts for its variant (intent to treat), and the decision
+        says so.
+        """
+        claimants = self.snapshot.experiments_by_model.get(choice.model.name)
+        if not claimants:
+            return
+        context_type = self.context_type
+        if not context_type and any(e.context_types for e in claimants):
+            context_type = analysis.analyse(self.body).context_type
+        key = self.key
+        experiment = experiment_assignment.claimant(claimants, choice.model.name, context_type, key.pk, time.time())
+        if experiment is None or not all(key.may_use(m) for m in experiment.models):
+            return
+        unit = experiment_assignment.unit_of(user=self.body.get("user"), session=self.session, key_pk=key.pk)
+        assigned = experiment_assignment.assign(experiment, unit)
+        if assigned is None:
+            return
+        self.assignment = assigned
+        variant = assigned.variant
+        record = {"id": experiment.id, "variant": variant.name, "model": variant.model}
+        self.decision["experiment"] = record
+        self.body = experiment_assignment.apply_overrides(self.body, variant)
+        if variant.overrides:
+            record["overrides"] = sorted(name for name, _ in variant.overrides)
+        if variant.model == choice.model.name:
+            return
+        model = self.snapshot.models.get(variant.model)
+        if model is None:
+            record["fell_back"] = f"'{variant.model}' is not enabled; served by '{choice.model.name}'"
+            return
+        self.fallbacks = [choice.model, *(m for m in self.fallbacks if m.name != model.name)]
+        self.model = model
+        self.decision["model"]["served"] = model.name
+        self.decision["model"]["reason"] = f"experiment '{experiment.id}', variant '{variant.name}'"
 
     def recommend(self, body):
         """Return the models a chat request would be selected from, best first, with why; call no upstream.
@@ -421,6 +464,15 @@ class ChatRequest:
                 "attempts": len(self.attempts),
                 "decision": self.decision,
                 "context_type": self.context_type,
+                **(
+                    {
+                        "experiment": self.assignment.experiment.id,
+                        "variant": self.assignment.variant.name,
+                        "experiment_unit": self.assignment.unit,
+                    }
+                    if self.assignment
+                    else {}
+                ),
             }
         )
 

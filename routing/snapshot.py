@@ -129,6 +129,8 @@ class Snapshot:
     retry_budget_ratio: float = 0.1
     selection_weights: scoring.Weights = scoring.Weights()
     type_weights: dict[str, scoring.Weights] = dataclasses.field(default_factory=dict)
+    # Running experiments (`experiments.assignment.LiveExperiment`) by the model names they may claim, in id order.
+    experiments_by_model: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
     def weights_for(self, context_type):
         """Return the selection weights for a context type: its own if an admin set them, else the defaults."""
@@ -233,7 +235,47 @@ def build():
         retry_budget_ratio=routing_settings.retry_budget_ratio,
         selection_weights=weights,
         type_weights=type_weights(routing_settings.selection_type_weights, weights),
+        experiments_by_model=live_experiments(),
     )
+
+
+def live_experiments():
+    """Return the running experiments as {model name: (LiveExperiment, ...)}, each tuple in id order."""
+    from experiments.assignment import LiveVariant, live_experiment
+    from experiments.models import Experiment, ExperimentStatus
+
+    by_model = {}
+    running = (
+        Experiment.objects.filter(status=ExperimentStatus.RUNNING)
+        .prefetch_related("variants__model", "target_keys")
+        .order_by("id")
+    )
+    for experiment in running:
+        variants = [
+            LiveVariant(
+                name=v.label,
+                model=v.model.name,
+                weight=v.weight,
+                is_control=v.is_control,
+                overrides=tuple(sorted((v.overrides or {}).items())) if isinstance(v.overrides, dict) else (),
+            )
+            for v in experiment.variants.all()
+        ]
+        if not variants:
+            continue
+        live = live_experiment(
+            id=experiment.id,
+            salt=experiment.assignment_salt(),
+            traffic_percentage=experiment.traffic_percentage,
+            variants=variants,
+            context_types=experiment.target_context_types or (),
+            key_pks=[k.pk for k in experiment.target_keys.all()],
+            starts_at=experiment.starts_at,
+            ends_at=experiment.ends_at,
+        )
+        for model in sorted(live.models):
+            by_model.setdefault(model, []).append(live)
+    return {model: tuple(found) for model, found in by_model.items()}
 
 
 def type_weights(raw, defaults):
