@@ -1,7 +1,7 @@
 """URL routes: the OpenAI-compatible API under /v1/, operator endpoints under /v1/admin/, health, and Django admin."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from routing import admin_api, api
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path(
         "v1/admin/model-selector/stats", admin_api.ModelSelectorStatsView.as_view(), name="admin-model-selector-stats"
     ),
+    path("", include("experiments.urls")),
     path("healthz", api.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

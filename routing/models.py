@@ -226,6 +226,15 @@ class Model(models.Model):
             "(router_settings.context_window_fallbacks)."
         ),
     )
+    served_by = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text=(
+            "Serve requests that name this model with that model instead (an alias; set when an experiment's winner "
+            "is promoted). Empty: this model serves its own requests."
+        ),
+    )
     strategy = models.CharField(
         max_length=32,
         choices=RoutingStrategy.choices,

@@ -62,12 +62,16 @@ def choose_model(*, body, snapshot, key, health=None):
         raise ModelNotFound(f"The model '{name}' does not exist or is not enabled.", param="model")
     if not key.may_use(name):
         raise PermissionDenied(f"This API key may not use the model '{name}'.", code="model_not_allowed")
+    reason = "requested by the client"
+    alias = snapshot.models.get(model.served_by) if model.served_by else None
+    if alias is not None and alias is not model:  # an alias to a model that is not enabled is not followed
+        model, reason = alias, f"'{name}' is served by '{alias.name}' (alias)"
     if model.context_window_fallbacks and model.context_window:
         needed = analysis.estimate_prompt_tokens(body) + (_max_output(body) or 0)
         if needed > model.context_window:
             return _context_window_fallback(model, needed, snapshot, key)
-    return Choice(model=model, requested=name, reason="requested by the client",
-                  fallbacks=_usable(model.fallbacks, snapshot, key, exclude=name))  # fmt: skip
+    return Choice(model=model, requested=name, reason=reason,
+                  fallbacks=_usable(model.fallbacks, snapshot, key, exclude=model.name))  # fmt: skip
 
 
 def _usable(names, snapshot, key, exclude=""):

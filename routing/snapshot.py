@@ -89,6 +89,7 @@ class ModelConfig:
     sources: dict = dataclasses.field(default_factory=dict)
     fallbacks: tuple[str, ...] = ()  # model names, tried in order when this model cannot serve
     context_window_fallbacks: tuple[str, ...] = ()  # model names for requests too long for this model
+    served_by: str = ""  # an alias: requests naming this model are served by that one (a promoted winner)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,6 +186,7 @@ def build():
             capabilities=meta.capabilities,
             fallbacks=tuple(model.fallbacks or ()),
             context_window_fallbacks=tuple(model.context_window_fallbacks or ()),
+            served_by=model.served_by,
             context_window=meta.context_window,
             created=int(model.created_at.timestamp()),
             instances=tuple(configs),
