@@ -187,4 +187,10 @@ CELERY_BEAT_SCHEDULE = {
         "kwargs": {"lookback_seconds": 15 * 60},
         "options": {"expires": 60.0},
     },
+    # Assignment already ignores an experiment past its end time; this makes its status say it stopped.
+    "stop-ended-experiments": {
+        "task": "experiments.tasks.stop_ended_experiments",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
 }
