@@ -112,3 +112,28 @@ def wait_until_open(gateway, instance_id):
         timeout=10,
         message=f"breaker of {instance_id} open",
     )
+
+
+def make_experiment(experiment_id, models, *, traffic_percentage=100.0, weights=None, status="running", names=None,
+                    overrides=None, **fields):  # fmt: skip
+    """Create an experiment over these Models (the first is the control); return it.
+
+    Saving bumps the configuration revision; a test with a gateway then calls wait_for_reload.
+    """
+    from experiments.models import Experiment, Variant
+
+    experiment = Experiment.objects.create(
+        id=experiment_id, name=fields.pop("name", experiment_id), status=status,
+        traffic_percentage=traffic_percentage, **fields,
+    )  # fmt: skip
+    for position, model in enumerate(models):
+        Variant.objects.create(
+            experiment=experiment,
+            model=model,
+            name=(names or {}).get(model.name, ""),
+            weight=(weights or [1.0] * len(models))[position],
+            is_control=position == 0,
+            overrides=(overrides or {}).get(model.name, {}),
+            position=position,
+        )
+    return experiment
