@@ -49,7 +49,7 @@ def test_it_scales_values_into_the_plot_area():
     assert ys[0] == pytest.approx(bottom, abs=0.1) and ys[-1] == pytest.approx(top, abs=0.1)  # 0 and 400 at the ends
     assert ys[2] == pytest.approx((top + bottom) / 2, abs=0.1)  # 200 halfway up
     # Evenly spaced in time, higher values higher up (smaller y).
-    assert [round(b - a, 1) for a, b in zip(xs, xs[1:])] == [round((right - left) / 4, 1)] * 4
+    assert [round(b - a, 1) for a, b in zip(xs, xs[1:], strict=False)] == [round((right - left) / 4, 1)] * 4
     assert list(ys) == sorted(ys, reverse=True)
 
 
