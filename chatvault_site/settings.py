@@ -193,4 +193,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 60.0},
     },
+    # Like rollup-request-logs: the hours since the newest experiment rollup, or of the last 15 minutes; feedback
+    # written in that time counts in the hours of the requests it rates.
+    "rollup-experiments": {
+        "task": "experiments.tasks.rollup_experiments",
+        "schedule": 60.0,
+        "kwargs": {"lookback_seconds": 15 * 60},
+        "options": {"expires": 60.0},
+    },
 }

@@ -1,5 +1,7 @@
 """Celery tasks of the experiments app (scheduled by beat, see CELERY_BEAT_SCHEDULE)."""
 
+from datetime import timedelta
+
 from celery import shared_task
 
 
@@ -9,3 +11,11 @@ def stop_ended_experiments():
     from experiments.services import stop_ended_experiments as stop
 
     return stop()
+
+
+@shared_task(ignore_result=True)
+def rollup_experiments(lookback_seconds=15 * 60):
+    """Roll the experiments up from the newest rollup, or lookback_seconds back if that is earlier."""
+    from experiments.rollups import rollup_experiments as rollup
+
+    rollup(lookback=timedelta(seconds=lookback_seconds))
