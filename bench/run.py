@@ -70,6 +70,9 @@ PAGE_LISTENING = re.compile(r"fake provider listening on http://127\.0\.0\.1:(\d
 MODEL = "bench-model"
 STREAM_MODEL = "bench-stream"
 AUTO = "auto"  # automatic selection: the gateway picks bench-model (the two tie, and ties break by name)
+# A running experiment claims this model at 100 % traffic (variants bench-x-a and bench-x-b, both on the plain fake),
+# so every request of phase g is enrolled; the key's selection pool leaves both out, so phase f is unchanged.
+EXPERIMENT_MODEL = "bench-x-a"
 STREAM_CHUNKS = 20
 STREAM_CHUNK_DELAY_MS = 20
 REQUEST_TIMEOUT_S = 60  # per request; every phase is also bounded as a whole
@@ -89,6 +92,7 @@ TARGETS = [
     ("errors in 256-stream phase", "stream256_errors", "<=", 0, ""),
     ("RequestLog rows != gateway requests sent", "requestlog_mismatch", "<=", 0, ""),
     ("selection adds, p50 (model=auto vs named)", "selection_added_p50_ms", "<=", 0.3, "ms"),
+    ("experiment assignment adds, p50", "experiment_added_p50_ms", "<=", 0.05, "ms"),
 ]
 
 # LiteLLM proxy, measured on this machine type (name, LiteLLM figure, our key, unit, higher is better).
@@ -336,7 +340,14 @@ for name, api_base in json.loads(os.environ["BENCH_MODELS"]).items():
                             api_base=api_base)
     inst.set_api_key("sk-bench-upstream-0000")
     inst.save()
-_, raw = api_key_create(name="bench")
+key, raw = api_key_create(name="bench")
+key.auto_models.set([m for m in Model.objects.all() if not m.name.startswith("bench-x-")])
+if Model.objects.filter(name="bench-x-a").exists():
+    from experiments.models import Experiment, Variant
+    experiment = Experiment.objects.create(id="bench-exp", name="bench", status="running", traffic_percentage=100.0)
+    for position, name in enumerate(["bench-x-a", "bench-x-b"]):
+        Variant.objects.create(experiment=experiment, model=Model.objects.get(name=name), is_control=position == 0,
+                               position=position)
 print("BENCH_KEY=" + raw)
 """
 
@@ -606,6 +617,8 @@ PHASES = [
     ("a", "non-streaming, c=1", MODEL, False, 1, False),
     # Right after a, on the same warm process, so the difference between the two is selection alone.
     ("f", "model=auto, c=1", AUTO, False, 1, False),
+    # Likewise right after a: the difference is experiment assignment (and the row's experiment columns) alone.
+    ("g", "experiment, c=1", EXPERIMENT_MODEL, False, 1, False),
     ("b", "non-streaming, c=32", MODEL, False, 32, False),
     ("c", "streaming, 32 streams", STREAM_MODEL, True, 32, False),
     ("d", "streaming, c=1", STREAM_MODEL, True, 1, False),
@@ -707,6 +720,12 @@ def derive(figures):
         "selection_added_p99_ms": diff(lat("f_gateway", "p99"), lat("a_gateway", "p99")),
         "selection_cpu_ms_per_req": diff(
             ph["f_gateway"]["cpu"]["gateway"]["ms_per_req"], ph["a_gateway"]["cpu"]["gateway"]["ms_per_req"]
+        ),
+        # What experiment assignment adds: an enrolled request against the same request outside any experiment.
+        "experiment_added_p50_ms": diff(lat("g_gateway", "p50"), lat("a_gateway", "p50")),
+        "experiment_added_p99_ms": diff(lat("g_gateway", "p99"), lat("a_gateway", "p99")),
+        "experiment_cpu_ms_per_req": diff(
+            ph["g_gateway"]["cpu"]["gateway"]["ms_per_req"], ph["a_gateway"]["cpu"]["gateway"]["ms_per_req"]
         ),
     }
     return d
@@ -816,6 +835,10 @@ def report(figures):
         f"p99 {fmt(d['selection_added_p99_ms'], 3)} ms, CPU {fmt(d['selection_cpu_ms_per_req'], 3)} ms per request"
     )
     w(
+        f"  experiment (enrolled)    : p50 {fmt(d['experiment_added_p50_ms'], 3)} ms, "
+        f"p99 {fmt(d['experiment_added_p99_ms'], 3)} ms, CPU {fmt(d['experiment_cpu_ms_per_req'], 3)} ms per request"
+    )
+    w(
         f"  streaming at 256         : {fmt(d['gw_streams_c256'])} vs {fmt(d['direct_streams_c256'])} streams/s "
         f"direct; errors {d['stream256_errors']} gateway, {d['stream256_direct_errors']} direct"
     )
@@ -907,7 +930,14 @@ def main(argv=None):
         )
         log(f"preparing database {BENCH_DB} (drop, create, migrate, configure)")
         raw_key = prepare_database(
-            admin_url, bench_url, {MODEL: f"http://{HOST}:{port_a}/v1", STREAM_MODEL: f"http://{HOST}:{port_b}/v1"}
+            admin_url,
+            bench_url,
+            {
+                MODEL: f"http://{HOST}:{port_a}/v1",
+                STREAM_MODEL: f"http://{HOST}:{port_b}/v1",
+                EXPERIMENT_MODEL: f"http://{HOST}:{port_a}/v1",
+                "bench-x-b": f"http://{HOST}:{port_a}/v1",
+            },
         )
         log("starting the gateway")
         gw_proc, gw_port, startup_s, gw_log = start_gateway(children, bench_url)
@@ -919,10 +949,11 @@ def main(argv=None):
             MODEL: Target("direct", port_a, {}, {}),
             STREAM_MODEL: Target("direct", port_b, {}, {}),
             AUTO: Target("direct", port_a, {}, {}),
+            EXPERIMENT_MODEL: Target("direct", port_a, {}, {}),
         }
         rss_watch = RssWatch(gw_proc.pid)
 
-        fake_pids = {MODEL: fake_a.pid, STREAM_MODEL: fake_b.pid, AUTO: fake_a.pid}
+        fake_pids = {MODEL: fake_a.pid, STREAM_MODEL: fake_b.pid, AUTO: fake_a.pid, EXPERIMENT_MODEL: fake_a.pid}
         loop_factory = uvloop.new_event_loop if uvloop is not None else None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             idle_rss, idle_cpu_pct, phases = runner.run(run_load(args, direct, gateway, fake_pids, rss_watch))
