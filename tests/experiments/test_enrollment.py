@@ -180,3 +180,22 @@ def test_an_experiment_stops_taking_traffic_at_its_end_time(gateway, fake, fake_
     assert "x-chatvault-experiment" in chat(gateway, raw, "end-a", user="u")[1]
     wait_until(lambda: "x-chatvault-experiment" not in chat(gateway, raw, "end-a", user="u")[1], timeout=10,
                message="the experiment to end")  # fmt: skip
+
+
+def test_a_model_chosen_by_auto_selection_is_claimed_like_a_named_one(gateway, fake, fake_b):
+    from routing.models import ApiKey
+
+    control, treatment = two_models(fake, fake_b, "aut")
+    make_experiment("exp-aut", [control, treatment], weights=[0.0, 1.0])
+    raw = make_key(name="auto-pool")
+    key = ApiKey.objects.get(name="auto-pool")
+    key.auto_models.set([control])  # selection can only choose aut-a; the experiment moves it to aut-b
+    key.save()
+    wait_for_reload(gateway)
+    wait_for_model(gateway, raw, "aut-a")
+
+    status, headers, _ = chat(gateway, raw, "auto", user="u")
+    assert status == 200
+    assert (headers["x-chatvault-variant"], headers["x-chatvault-model"]) == ("aut-b", "aut-b")
+    stored = row(headers["x-request-id"])
+    assert stored.decision["selection"]["winner"] == "aut-a" and stored.served_model == "aut-b"
