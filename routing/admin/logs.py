@@ -73,6 +73,7 @@ class RequestLogAdmin(ReadOnlyAdmin):
         ),
         ("Outcome", {"fields": ("stream", "outcome", "status_code", "error_type", "error_message")}),
         ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms")}),
+        ("Experiment", {"fields": ("experiment", "variant", "experiment_unit")}),
     )
     readonly_fields = ("decision_pretty",)
 
