@@ -6,7 +6,8 @@ middleware (session, auth, CSRF, messages, …) hops to a thread for `process_re
 do the `request_started` receivers and `response.close()`. Inside the per-request `ThreadSensitiveContext`, that
 means a new thread per request; profiling showed the thread churn and GIL hand-offs dominating the gateway's CPU.
 
-The API views are async, authenticate from the snapshot and never touch the database, so they need none of that:
+The API views are async, authenticate from the snapshot and never touch the database on the loop's thread (feedback
+reads the rated request on threads of its own, `experiments.feedback`), so they need none of that:
 `APIHandler` gives them a middleware chain of their own (request id, Host check), skips the database housekeeping
 signal, and closes the response inline (its `request_finished` receivers find no connection on the loop's thread).
 It serves an explicit list of routes (`LEAN_PATHS`); everything else keeps Django's handler and full middleware
@@ -34,10 +35,11 @@ from routing import request_log, runtime
 from routing.errors import PayloadTooLarge
 from routing.middleware import allowed_host_middleware, request_id_middleware
 
-# The routes `APIHandler` serves: async views that never use the database. Every other path, a new endpoint included,
-# runs on Django's handler with its per-request connection housekeeping. Add a route here only once its view is made
-# lean on purpose (and declared so in tests/test_handlers.py); a prefix stands for one route's own parameter only.
-LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz"})
+# The routes `APIHandler` serves: async views that never use the database on the event loop's thread. Every other
+# path, a new endpoint included, runs on Django's handler with its per-request connection housekeeping. Add a route
+# here only once its view is made lean on purpose (and declared so in tests/test_handlers.py); a prefix stands for one
+# route's own parameter only.
+LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz"})
 LEAN_PATH_PREFIXES = ("/v1/models/",)  # /v1/models/<model>; a model name may hold slashes
 # Takes no body: one sent to it is never read.
 HEALTH_PATH = "/healthz"

@@ -16,6 +16,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views import defaults
 from rest_framework.renderers import JSONRenderer
 
+from experiments import feedback
 from routing import auth, request_log, runtime, snapshot
 from routing.errors import (
     GatewayError,
@@ -235,6 +236,7 @@ async def healthz(request):
             "config_loaded_at": snap.loaded_at,
             "config_revision": str(snap.token) if snap.token else None,
             "request_log": request_log.stats(),
+            "feedback": feedback.stats(),
         }
     )
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Q
 
+from experiments import feedback
 from routing import storable
 from routing.models import ApiKey, Outcome, RequestLog
 
@@ -293,8 +294,10 @@ def stats():
 
 
 def record(row):
-    """Queue a RequestLog row for writing, made storable first."""
+    """Queue a RequestLog row for writing, made storable first; keep its rating facts for `POST /v1/feedback`."""
     writer = _writer
     if writer is None:
         writer = start()
-    writer.submit(_spec().row(row))
+    row = _spec().row(row)
+    writer.submit(row)
+    feedback.remember(row)  # the request can be rated before its row is written

@@ -1,7 +1,8 @@
-"""Per-worker lifecycle: load the snapshot, start the refresher and the log writer; flush everything on shutdown.
+"""Per-worker lifecycle: load the snapshot, start the refresher and the log and feedback writers; flush everything on
+shutdown.
 
 Driven by the ASGI lifespan protocol (see `chatvault_site.asgi`), so uvicorn's graceful shutdown on SIGTERM waits
-for in-flight requests and then writes every queued RequestLog row before the process exits.
+for in-flight requests and then writes every queued RequestLog and Feedback row before the process exits.
 
 uvicorn waits `--timeout-graceful-shutdown` seconds for in-flight requests, then cancels the rest and starts the
 lifespan shutdown without waiting for them. The API handler turns that cancellation into `stop_serving()`, so each
@@ -16,6 +17,7 @@ import time
 
 from django.core.exceptions import ImproperlyConfigured
 
+from experiments import feedback
 from routing import request_log, snapshot, state
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ def _start_sync():
     _check_migrated()
     snapshot.reload()
     request_log.start()
+    feedback.start()
     refresher = snapshot.Refresher()
     refresher.start()
     _state["refresher"] = refresher
@@ -136,7 +139,8 @@ async def _drain_requests():
 
 
 async def shutdown():
-    """Stop this worker: let in-flight requests finish, write every queued log row, close upstream connections."""
+    """Stop this worker: let in-flight requests finish, write every queued log and feedback row, close upstream
+    connections."""
     from routing.adapters import openai_compat
 
     await _drain_requests()
@@ -148,6 +152,7 @@ async def shutdown():
         _state["maintenance"] = None
     await state.get().stop_sync()
     await asyncio.to_thread(request_log.stop)
+    await asyncio.to_thread(feedback.stop)
     await openai_compat.adapter.close()
     _state["started"] = False
     logger.info("ChatVault worker stopped")

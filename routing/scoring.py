@@ -1,18 +1,23 @@
 """Rank candidate models for one request: hard filters first, then an explainable score. Pure: plain values in,
 plain values out, no clock, no randomness, no I/O.
 
-The score is a weighted sum of three parts, each in [0, 1]:
+The score is a weighted sum of four parts, each in [0, 1]:
 
 - **capability fit**: 1 when the model is tagged for the request's context type, else 0 (a model tagged
   `general_chat` gets half a point for any type: it is meant to take anything);
 - **performance**: the success rate of its instances (to the 4th power) times a latency factor (the best eligible
   latency over this model's; unmeasured counts as the best, so a model nobody has tried, or whose figures went
   stale, is tried again);
-- **cost**: the cheapest eligible expected cost over this model's (1 for the cheapest; unknown prices score 0.5).
+- **cost**: the cheapest eligible expected cost over this model's (1 for the cheapest; unknown prices score 0.5);
+- **quality**: the mean feedback apps gave the model's answers for this context type (`POST /v1/feedback`), shrunk
+  towards a neutral prior: (sum of scores + PRIOR_QUALITY × PRIOR_RATINGS) / (ratings + PRIOR_RATINGS). A model
+  nobody rated scores the prior, 0.5, like every other unrated model; 20 ratings move it halfway to their mean, so a
+  few votes barely move it.
 
-With the default weights capability outweighs performance and cost together, so a request goes to a model tagged
-for its type whenever one is eligible, and to an untagged one only when none is; among models of equal fit the
-healthier and then the cheaper wins. Ties break by model name, so equal inputs give equal choices.
+With the default weights capability outweighs the other three together, so a request goes to a model tagged for its
+type whenever one is eligible, and to an untagged one only when none is; among models of equal fit the healthier and
+then the cheaper wins, and the quality term (weight 0.05: at most 0.05 between the best- and worst-rated model) only
+separates near-equals. Ties break by model name, so equal inputs give equal choices.
 """
 
 import dataclasses
@@ -23,6 +28,9 @@ GENERAL = "general_chat"
 DEFAULT_OUTPUT_TOKENS = 256
 # A model whose success rate falls below this is filtered out as failing, whatever else it scores.
 MIN_SUCCESS_RATE = 0.2
+# The feedback prior: an unrated model's quality, and how many ratings it counts as (their weight against the prior).
+PRIOR_QUALITY = 0.5
+PRIOR_RATINGS = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,10 +40,12 @@ class Weights:
     capability: float = 0.6
     performance: float = 0.25
     cost: float = 0.15
+    quality: float = 0.05
 
     def as_dict(self):
         """Return the weights as a plain dict (for the decision record)."""
-        return {"capability": self.capability, "performance": self.performance, "cost": self.cost}
+        return {"capability": self.capability, "performance": self.performance, "cost": self.cost,
+                "quality": self.quality}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +82,13 @@ class Candidate:
     success_rate: float | None = None
     latency_ms: float | None = None
     preferred: bool = False  # the model the client named, when every request is auto-selected
+    ratings: int = 0  # feedback ratings of its answers for the request's context type
+    rating_sum: float = 0.0  # their scores added up
+
+    @property
+    def quality(self):
+        """Return the posterior mean of its feedback, in [0, 1] (the prior when unrated)."""
+        return posterior_quality(self.ratings, self.rating_sum)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +157,13 @@ def performance(candidate, best_latency_ms):
     return success * latency
 
 
+def posterior_quality(ratings, rating_sum, prior_mean=PRIOR_QUALITY, prior_ratings=PRIOR_RATINGS):
+    """Return the mean score of ratings shrunk towards prior_mean, as if prior_ratings more had scored exactly that."""
+    if ratings <= 0:
+        return prior_mean
+    return min(1.0, max(0.0, (rating_sum + prior_mean * prior_ratings) / (ratings + prior_ratings)))
+
+
 def rank(candidates, need, weights=Weights(), preference_bonus=0.05):
     """Return every candidate as a Ranked: the eligible ones best first (ties by name), then the filtered ones.
 
@@ -172,6 +196,7 @@ def rank(candidates, need, weights=Weights(), preference_bonus=0.05):
             "capability": capability_fit(candidate, need),
             "performance": performance(candidate, best_latency),
             "cost": cost_score,
+            "quality": candidate.quality,
         }
         score = sum(getattr(weights, name) * value for name, value in parts.items())
         if candidate.preferred:
@@ -204,6 +229,9 @@ def _reasons(candidate, need):
         notes.append("context window unknown")
     if candidate.input_cost_per_token is None or candidate.output_cost_per_token is None:
         notes.append("price unknown")
+    if candidate.ratings > 0:
+        notes.append(f"feedback {candidate.rating_sum / candidate.ratings:.2f} from {candidate.ratings} "
+                     f"rating{'s' if candidate.ratings != 1 else ''}")  # fmt: skip
     return tuple(notes)
 
 
@@ -223,6 +251,9 @@ def summary(ranked, need):
         parts.append("cheapest" if place == 1 else f"{_ordinal(place)} cheapest")
     if winner.breakdown.get("performance", 1) >= max(r.breakdown.get("performance", 0) for r in eligible):
         parts.append("healthiest" if len(eligible) > 1 else "healthy")
+    rated = winner.breakdown.get("quality", PRIOR_QUALITY)
+    if len(eligible) > 1 and rated > max(r.breakdown.get("quality", PRIOR_QUALITY) for r in eligible[1:]):
+        parts.append("best rated")
     return f"{need.context_type}: {', '.join(parts)}"
 
 

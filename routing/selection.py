@@ -120,10 +120,12 @@ def need_of(analysed, body):
     )
 
 
-def candidate_of(model, model_health, preferred):
-    """Return the scorer's view of a model: its metadata and its live health (figures older than the window are
-    unknown, so a model that lost its traffic is tried again once its bad figures have aged out)."""
+def candidate_of(model, model_health, preferred, feedback=None):
+    """Return the scorer's view of a model: its metadata, its live health (figures older than the window are
+    unknown, so a model that lost its traffic is tried again once its bad figures have aged out) and its feedback for
+    the request's context type, (ratings, sum of scores), from the snapshot."""
     measured = model_health is not None and model_health.requests > 0
+    ratings, rating_sum = feedback or (0, 0.0)
     return scoring.Candidate(
         name=model.name,
         tags=tuple(model.capabilities),
@@ -137,6 +139,8 @@ def candidate_of(model, model_health, preferred):
         success_rate=model_health.success_rate if measured else None,
         latency_ms=model_health.latency_ms if measured else None,
         preferred=preferred,
+        ratings=ratings,
+        rating_sum=rating_sum,
     )
 
 
@@ -148,7 +152,8 @@ def rank_models(*, body, snapshot, key, health=None):
     weights = snapshot.weights_for(need.context_type)
     requested = body.get("model")
     candidates = [
-        candidate_of(model, health(model) if health is not None else None, preferred=name == requested)
+        candidate_of(model, health(model) if health is not None else None, preferred=name == requested,
+                     feedback=snapshot.quality.get((name, need.context_type)))  # fmt: skip
         for name, model in sorted(snapshot.models.items())
         if key.may_select(name)
     ]

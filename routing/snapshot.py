@@ -132,6 +132,9 @@ class Snapshot:
     type_weights: dict[str, scoring.Weights] = dataclasses.field(default_factory=dict)
     # Running experiments (`experiments.assignment.LiveExperiment`) by the model names they may claim, in id order.
     experiments_by_model: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    # Feedback for selection's quality term: {(model, context type): (ratings, sum of scores)} over the last 30 days
+    # (`experiments.feedback.quality_figures`), reloaded with the snapshot and every QUALITY_REFRESH_SECONDS.
+    quality: dict[tuple[str, str], tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     def weights_for(self, context_type):
         """Return the selection weights for a context type: its own if an admin set them, else the defaults."""
@@ -216,6 +219,7 @@ def build():
         capability=routing_settings.selection_weight_capability,
         performance=routing_settings.selection_weight_performance,
         cost=routing_settings.selection_weight_cost,
+        quality=routing_settings.selection_weight_quality,
     )
     return Snapshot(
         token=token,
@@ -238,6 +242,7 @@ def build():
         selection_weights=weights,
         type_weights=type_weights(routing_settings.selection_type_weights, weights),
         experiments_by_model=live_experiments(),
+        quality=quality_figures(),
     )
 
 
@@ -280,6 +285,21 @@ def live_experiments():
     return {model: tuple(found) for model, found in by_model.items()}
 
 
+def quality_figures():
+    """Return the feedback figures selection's quality term reads (see `Snapshot.quality`)."""
+    from experiments.feedback import quality_figures
+
+    return quality_figures()
+
+
+def refresh_quality():
+    """Put the snapshot in force again with fresh feedback figures (the rest of it unchanged)."""
+    global _current
+    snap = _current
+    if snap is not None:
+        _current = dataclasses.replace(snap, quality=quality_figures())
+
+
 def type_weights(raw, defaults):
     """Return {context type: Weights} from the admin's per-type JSON; a malformed entry is skipped and logged."""
     result = {}
@@ -298,6 +318,8 @@ _current = None
 # Active health-check results not yet fed to the breakers: (instance id, ok, checked at, detail). Filled by the
 # refresher thread, drained on the event loop (routing.runtime), which owns the breakers.
 probe_results = collections.deque(maxlen=10_000)
+# Feedback moves slowly: its figures are reloaded this often (and with every configuration change).
+QUALITY_REFRESH_SECONDS = 60.0
 # Probe rows can commit out of id order (a slow round finishing after a fast one), so polling looks back over a
 # window and remembers which rows it has fed, instead of trusting "id greater than the last one seen".
 PROBE_LOOKBACK_SECONDS = 60
@@ -351,6 +373,7 @@ class Refresher(threading.Thread):
     def run(self):
         """Poll until stopped; a failing database keeps the last good snapshot in force."""
         failing = False
+        quality_due = time.monotonic() + QUALITY_REFRESH_SECONDS
         while not self._stop_event.wait(self.interval):
             try:
                 close_old_connections()
@@ -358,6 +381,10 @@ class Refresher(threading.Thread):
                 if snap is None or ConfigRevision.current_token() != snap.token:
                     reload()
                     logger.info("routing configuration reloaded")
+                    quality_due = time.monotonic() + QUALITY_REFRESH_SECONDS
+                elif time.monotonic() >= quality_due:
+                    refresh_quality()
+                    quality_due = time.monotonic() + QUALITY_REFRESH_SECONDS
                 poll_probes()
                 if failing:
                     logger.warning("routing configuration refresh recovered")

@@ -8,9 +8,11 @@ import pytest
 from django.urls import URLPattern, get_resolver, resolve
 
 from chatvault_site.handlers import LEAN_PATHS, is_api_path
+from experiments.api import FeedbackView
 from routing import api
 
-LEAN = ["/v1/chat/completions", "/v1/models", "/v1/models/vault-test", "/v1/models/openai/gpt-4o-mini", "/healthz"]
+LEAN = ["/v1/chat/completions", "/v1/models", "/v1/models/vault-test", "/v1/models/openai/gpt-4o-mini", "/v1/feedback",
+        "/healthz"]
 NOT_LEAN = [
     "/v1/admin/load-balancer/stats",
     "/v1/admin/anything-new",
@@ -22,8 +24,9 @@ NOT_LEAN = [
     "/admin/",
     "/static/admin/css/base.css",
 ]
-# The views made lean on purpose: async, authenticated from the snapshot, no database. Add one only after checking that.
-LEAN_VIEWS = {api.ChatCompletionsView, api.ModelsView, api.ModelDetailView, api.RecommendView}
+# The views made lean on purpose: async, authenticated from the snapshot, no database on the event loop's thread
+# (feedback reads on threads of its own). Add one only after checking that.
+LEAN_VIEWS = {api.ChatCompletionsView, api.ModelsView, api.ModelDetailView, api.RecommendView, FeedbackView}
 
 
 @pytest.mark.parametrize("path", LEAN)
@@ -60,7 +63,13 @@ DJANGO_MARK = "X-Frame-Options"
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "method, path",
-    [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/vault-test"), ("GET", "/healthz")],
+    [
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/vault-test"),
+        ("POST", "/v1/feedback"),
+        ("GET", "/healthz"),
+    ],
 )
 def test_the_lean_routes_answer_without_djangos_middleware(gateway, method, path):
     status, headers, _ = gateway.request(method, path, body=b"{}" if method == "POST" else None)

@@ -372,12 +372,14 @@ class RoutingSettingsAdmin(admin.ModelAdmin):
             "Automatic model selection",
             {
                 "description": "How a candidate model's score is made: capability fit for the request's context "
-                "type, measured reliability and latency, and the request's expected cost. Keep capability above "
-                "the other two together so a model tagged for the type wins whenever one is eligible.",
+                "type, measured reliability and latency, the request's expected cost, and the quality apps rated "
+                "its answers (feedback). Keep capability above the others together so a model tagged for the type "
+                "wins whenever one is eligible.",
                 "fields": (
                     "selection_weight_capability",
                     "selection_weight_performance",
                     "selection_weight_cost",
+                    "selection_weight_quality",
                     "selection_type_weights",
                 ),
             },

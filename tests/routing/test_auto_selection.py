@@ -59,8 +59,8 @@ def test_auto_serves_the_model_tagged_for_the_request_and_says_why(gateway, fake
     selection = stored.decision["selection"]
     assert selection["winner"] == "sel-coder" and selection["analysis"]["context_type"] == "code_generation"
     assert [c["model"] for c in selection["candidates"]] == ["sel-coder", "sel-chat"]
-    assert set(selection["candidates"][0]["breakdown"]) == {"capability", "performance", "cost"}
-    assert selection["weights"] == {"capability": 0.6, "performance": 0.25, "cost": 0.15}
+    assert set(selection["candidates"][0]["breakdown"]) == {"capability", "performance", "cost", "quality"}
+    assert selection["weights"] == {"capability": 0.6, "performance": 0.25, "cost": 0.15, "quality": 0.05}
 
     plain = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "hey, how are you doing today?"}]
@@ -146,7 +146,7 @@ def test_recommend_ranks_without_calling_an_upstream_and_logs_a_row(gateway, fak
     assert result["analysis"]["context_type"] == "code_generation" and "vision" in result["analysis"]["requirements"]
     first, second = result["recommendations"]
     assert (first["model"], first["rank"], first["eligible"]) == ("sel-rec-coder", 1, True)
-    assert set(first["breakdown"]) == {"capability", "performance", "cost"} and first["score"] > 0
+    assert set(first["breakdown"]) == {"capability", "performance", "cost", "quality"} and first["score"] > 0
     assert (second["model"], second["eligible"], second["rank"]) == ("sel-rec-blind", False, None)
     assert second["reasons"] == ["does not support image input"]
     assert fake.requests() == [] and fake_b.requests() == []

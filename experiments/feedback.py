@@ -1,0 +1,507 @@
+"""Feedback on answers (`POST /v1/feedback`): check a score, find the rated request, write it off the request path.
+
+Finding the request: its RequestLog row may still be queued in this worker's request-log writer, so
+`routing.request_log.record` hands each row to `remember()`, which keeps the facts a rating copies (the key, model,
+context type, experiment and variant) for the last RECENT_MAX requests or RECENT_SECONDS, whichever is fewer. Any
+other request is read from the database on a thread of this module's own (never Django's shared sync thread, which
+every sync call of the process queues behind), retried for LOOKUP_RETRY_SECONDS so that a request another worker
+served a moment ago, whose row it has not written yet, is still found. The read is scoped to the key: another key's
+request is "not found" by the same path, in the same time, with the same answer as an unknown id, so ids cannot be
+probed.
+
+Writing: `FeedbackWriter`, one thread per worker like the request log's, upserts the rows in batches on
+(request_id, metric), the later post winning by `updated_at` (a second post replaces the first whole, its
+`created_at` included). `stop()`, called on graceful shutdown, writes every queued row first.
+
+Selection reads the figures back through `quality_figures()`, loaded into the routing snapshot off the request path.
+"""
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from experiments.models import FEEDBACK_METRIC, METRIC_NAME, Feedback
+from routing import storable
+from routing.errors import GatewayError, InvalidRequest, NotFound
+from routing.models import RequestLog
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMENT_CHARS = 4_000
+# Rating facts of recent requests kept in memory: enough to cover rows still queued for writing many times over.
+RECENT_MAX = 100_000
+RECENT_SECONDS = 600.0
+# How long a request that is in neither this worker's memory nor the database is looked for before the answer is 404:
+# another worker writes its rows within its flush interval (0.5 s by default).
+LOOKUP_RETRY_SECONDS = 2.0
+# The longest one database read may take before the answer is 503.
+DATABASE_WAIT_SECONDS = 2.0
+# A read hung in a network partition keeps its thread until it ends: it must only ever hold one of these.
+_database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedback-db")
+# Feedback rows held while the database is unreachable; beyond this the oldest are dropped (and counted).
+MAX_PENDING_ROWS = 100_000
+MAX_BACKOFF_SECONDS = 10.0
+# The window of feedback that selection's quality term averages.
+QUALITY_WINDOW = timedelta(days=30)
+
+
+class RequestNotFound(NotFound):
+    """No request with this id was made with this key (or none at all: the two are not told apart)."""
+
+    default_code = "request_not_found"
+
+
+class FeedbackUnavailable(GatewayError):
+    """The database did not answer in time to look the rated request up."""
+
+    status_code = 503
+    default_detail = "The database is not answering, so the rated request cannot be looked up; retry later."
+    default_code = "database_unavailable"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What a rating copies from the rated request's log row."""
+
+    key_pk: int
+    served_model: str
+    context_type: str
+    experiment: str
+    variant: str
+    experiment_unit: str
+    created_at: object  # datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Given:
+    """A feedback body, checked."""
+
+    request_id: uuid.UUID
+    metric: str
+    score: float
+    comment: str
+
+
+# --- checking ---------------------------------------------------------------------------------------------------------
+
+
+def parse_score(value):
+    """Return a score in [0, 1]: true/false, 1/-1 (thumbs up/down) or a number from 0 to 1; raise InvalidRequest."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int) and value in (0, 1, -1):  # a huge int never reaches float()
+        return 0.0 if value == -1 else float(value)
+    if isinstance(value, float) and math.isfinite(value):
+        if value == -1:
+            return 0.0
+        if 0 <= value <= 1:
+            return value + 0.0  # -0.0 becomes 0.0
+    raise InvalidRequest(
+        "'score' must be true or false, 1 or -1 (thumbs up or down), or a number from 0 to 1.",
+        param="score",
+        code="invalid_score",
+    )
+
+
+def parse(body):
+    """Return the Given of a feedback body; raise InvalidRequest naming the field that is wrong."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    request_id = body.get("request_id")
+    try:
+        if not isinstance(request_id, str) or len(request_id) > 64:
+            raise ValueError
+        request_id = uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidRequest(
+            "'request_id' must be the x-request-id of a chat completion (a UUID).", param="request_id"
+        ) from None
+    if "score" not in body:
+        raise InvalidRequest("'score' is required.", param="score", code="invalid_score")
+    score = parse_score(body["score"])
+    metric = body.get("metric")
+    if metric is None:
+        metric = FEEDBACK_METRIC
+    try:
+        if not isinstance(metric, str):
+            raise ValidationError("not a string")
+        METRIC_NAME(metric)
+    except ValidationError:
+        raise InvalidRequest(f"'metric' must be a name: {METRIC_NAME.message}", param="metric") from None
+    comment = body.get("comment")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
+        raise InvalidRequest(f"'comment' must be a string of at most {MAX_COMMENT_CHARS:,} characters.",
+                             param="comment")  # fmt: skip
+    return Given(request_id=request_id, metric=metric, score=score, comment=storable.text(comment))
+
+
+# --- finding the rated request ----------------------------------------------------------------------------------------
+
+
+class RecentRequests:
+    """The rating facts of the chat requests this worker recorded lately, by request id, bounded in count and age."""
+
+    def __init__(self, max_size=RECENT_MAX, max_age=RECENT_SECONDS):
+        self.max_size = max_size
+        self.max_age = max_age
+        self._facts = collections.OrderedDict()  # request id -> (monotonic time remembered, RequestFacts)
+        self._lock = threading.Lock()
+
+    def remember(self, row):
+        """Keep the facts of a storable RequestLog row (chat completions only: the one kind of request rated)."""
+        if row.get("endpoint") != "chat.completions" or row.get("api_key_id") is None:
+            return
+        facts = RequestFacts(
+            key_pk=row["api_key_id"],
+            served_model=row.get("served_model") or "",
+            context_type=row.get("context_type") or "",
+            experiment=row.get("experiment") or "",
+            variant=row.get("variant") or "",
+            experiment_unit=row.get("experiment_unit") or "",
+            created_at=row.get("created_at"),
+        )
+        now = time.monotonic()
+        with self._lock:
+            self._facts[row["request_id"]] = (now, facts)
+            while self._facts and (
+                len(self._facts) > self.max_size or next(iter(self._facts.values()))[0] < now - self.max_age
+            ):
+                self._facts.popitem(last=False)
+
+    def get(self, request_id):
+        """Return the facts of a request remembered within max_age, or None."""
+        with self._lock:
+            entry = self._facts.get(request_id)
+        if entry is None or entry[0] < time.monotonic() - self.max_age:
+            return None
+        return entry[1]
+
+    def clear(self):
+        """Forget everything."""
+        with self._lock:
+            self._facts.clear()
+
+
+recent = RecentRequests()
+
+
+def remember(row):
+    """Keep a RequestLog row's rating facts for a while (called for every row as it is queued)."""
+    recent.remember(row)
+
+
+def read_request(request_id, key_pk):
+    """Return the RequestFacts of a chat request the key made, from the database, or None."""
+    found = (
+        RequestLog.objects.filter(request_id=request_id, api_key_id=key_pk, endpoint="chat.completions")
+        .values_list("served_model", "context_type", "experiment", "variant", "experiment_unit", "created_at")
+        .first()
+    )
+    return RequestFacts(key_pk, *found) if found is not None else None
+
+
+def _as_a_request(func):
+    """Wrap a database read to run on a thread like a request: stale connections are dropped around it."""
+
+    def run(*args):
+        close_old_connections()
+        try:
+            return func(*args)
+        finally:
+            close_old_connections()
+
+    return run
+
+
+async def _read_database(func, *args):
+    """Return func(*args) run on an abandonable thread; raise FeedbackUnavailable if it fails or takes too long."""
+    read = sync_to_async(_as_a_request(func), thread_sensitive=False, executor=_database_threads)
+    try:
+        return await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
+    except (DatabaseError, TimeoutError) as exc:
+        logger.warning("feedback: the rated request could not be read from the database: %s", exc or "timeout")
+        raise FeedbackUnavailable() from exc
+
+
+async def find_request(request_id, key_pk, retry_seconds=LOOKUP_RETRY_SECONDS):
+    """Return the RequestFacts of a chat request made with the key, or None when none turns up within retry_seconds."""
+    facts = recent.get(request_id)
+    if facts is not None and facts.key_pk == key_pk:
+        return facts
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.05
+    while True:
+        facts = await _read_database(read_request, request_id, key_pk)
+        remaining = deadline - time.monotonic()
+        if facts is not None or remaining <= 0:
+            return facts
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.5)
+
+
+# --- accepting --------------------------------------------------------------------------------------------------------
+
+
+async def feedback_give(*, key_pk, body):
+    """Check a feedback body, find its request, queue the row for writing and return the feedback as answered.
+
+    Raise InvalidRequest for a bad body, RequestNotFound when the key made no such chat request, FeedbackUnavailable
+    when the database cannot tell.
+    """
+    given = parse(body)
+    facts = await find_request(given.request_id, key_pk)
+    if facts is None:
+        raise RequestNotFound(f"No chat completion '{given.request_id}' was made with this API key.",
+                              param="request_id")  # fmt: skip
+    now = timezone.now()
+    row = {
+        "request_id": given.request_id,
+        "metric": given.metric,
+        "score": given.score,
+        "comment": given.comment,
+        "api_key_id": key_pk,
+        "experiment": facts.experiment,
+        "variant": facts.variant,
+        "experiment_unit": facts.experiment_unit,
+        "served_model": facts.served_model,
+        "context_type": facts.context_type,
+        "request_created_at": facts.created_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+    submit(row)
+    return answer(row)
+
+
+def answer(row):
+    """Return a feedback row as the API shows it."""
+    return {
+        "object": "feedback",
+        "request_id": str(row["request_id"]),
+        "metric": row["metric"],
+        "score": row["score"],
+        "comment": row["comment"],
+        "model": row["served_model"] or None,
+        "context_type": row["context_type"] or None,
+        "experiment": row["experiment"] or None,
+        "variant": row["variant"] or None,
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+# --- writing ----------------------------------------------------------------------------------------------------------
+
+_STOP = object()
+_COLUMNS = ("request_id", "metric", "score", "comment", "api_key_id", "experiment", "variant", "experiment_unit",
+            "served_model", "context_type", "request_created_at", "created_at", "updated_at")  # fmt: skip
+
+
+def _upsert_sql():
+    """Return the statement that writes one feedback row, replacing an older one for the same request and metric."""
+    table = Feedback._meta.db_table
+    quote = connection.ops.quote_name
+    column_of = {field.attname: field.column for field in Feedback._meta.concrete_fields}
+    columns = [quote(column_of[name]) for name in _COLUMNS]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[2:])  # all but the key (request_id, metric)
+    return (
+        f"INSERT INTO {quote(table)} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
+        f"ON CONFLICT (request_id, metric) DO UPDATE SET {updates} "
+        f"WHERE {quote(table)}.updated_at <= EXCLUDED.updated_at"
+    )
+
+
+def write_batch(rows):
+    """Upsert feedback rows in one transaction; of two posts for the same request and metric the later one stays."""
+    sql = _upsert_sql()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, [[row[name] for name in _COLUMNS] for row in rows])
+
+
+def _accepts_writes():
+    """Return whether the database answers and the feedback table is usable (so a refused batch is the rows' fault)."""
+    try:
+        close_old_connections()
+        with transaction.atomic():
+            Feedback.objects.filter(pk=-1).exists()
+    except Exception:
+        return False
+    return True
+
+
+class FeedbackWriter(threading.Thread):
+    """Write queued feedback rows in batches (the request log's batch size and flush interval), until stopped."""
+
+    def __init__(self, batch_size=None, flush_seconds=None):
+        super().__init__(name="chatvault-feedback-writer", daemon=True)
+        self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
+        self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
+        self.queue = queue.SimpleQueue()
+        self.submitted = 0
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0  # failed writes in a row
+
+    def submit(self, row):
+        """Queue one row; never blocks."""
+        self.submitted += 1
+        self.queue.put(row)
+
+    def pending(self):
+        """Return how many submitted rows are not yet written (or given up on)."""
+        return self.submitted - self.written - self.dropped
+
+    def run(self):
+        """Collect rows into batches and write them until stopped, then write what is left."""
+        pending, stopping = [], False
+        while not stopping:
+            wait = min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS)
+            deadline = time.monotonic() + wait
+            while self.failures or len(pending) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                pending.append(item)
+            if stopping:
+                while not self.queue.empty():
+                    item = self.queue.get_nowait()
+                    if item is not _STOP:
+                        pending.append(item)
+            pending = self._write_all(pending, final=stopping)
+        connection.close()  # this thread's own connection; it ends with the thread
+
+    def _write_all(self, rows, final):
+        """Write rows in batches; return the rows that could not be written yet (none when final)."""
+        attempt = 0
+        while rows:
+            batch = rows[: self.batch_size]
+            try:
+                close_old_connections()
+                written = self._write_isolating(batch)
+            except Exception:
+                attempt += 1
+                if not self.failures:
+                    logger.exception("feedback write failed; %d rows kept for retry", len(rows))
+                self.failures += 1
+                if len(rows) > MAX_PENDING_ROWS:
+                    self.dropped += len(rows) - MAX_PENDING_ROWS
+                    rows = rows[-MAX_PENDING_ROWS:]
+                if not final:
+                    return rows
+                if attempt >= 5:
+                    logger.error("giving up on %d feedback rows at shutdown", len(rows))
+                    self.dropped += len(rows)
+                    return []
+                time.sleep(min(2**attempt * 0.2, 5))
+                continue
+            if self.failures:
+                logger.warning("feedback writes recovered after %d failed attempts", self.failures)
+                self.failures = 0
+            self.written += written
+            rows = rows[self.batch_size :]
+        return rows
+
+    def _write_isolating(self, rows):
+        """Write rows and return how many were written; if the database refuses them while it accepts writes, split
+        them until the refused row is found, and drop (count and log) that one.
+
+        Raise only when the database itself is failing: the caller keeps every row and retries later (rows written
+        by then are written again, which the upsert makes harmless).
+        """
+        try:
+            write_batch(rows)
+            return len(rows)
+        except Exception:
+            if not _accepts_writes():
+                raise
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            return self._write_isolating(rows[:middle]) + self._write_isolating(rows[middle:])
+        logger.exception("feedback row for request %s refused by the database; dropped", rows[0]["request_id"])
+        self.dropped += 1
+        return 0
+
+    def stop(self, timeout=30.0):
+        """Write every queued row and end the thread."""
+        self.queue.put(_STOP)
+        self.join(timeout)
+        if self.is_alive():
+            logger.error("feedback writer did not finish within %.0f s", timeout)
+
+
+_writer = None
+
+
+def start():
+    """Start this process's feedback writer (idempotent)."""
+    global _writer
+    if _writer is None or not _writer.is_alive():
+        _writer = FeedbackWriter()
+        _writer.start()
+    return _writer
+
+
+def stop():
+    """Write every queued feedback row and stop this process's writer."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
+
+
+def submit(row):
+    """Queue a feedback row for writing."""
+    (_writer or start()).submit(row)
+
+
+def stats():
+    """Return this process's feedback counters."""
+    writer = _writer
+    return {
+        "pending": writer.pending() if writer else 0,
+        "written": writer.written if writer else 0,
+        "dropped": writer.dropped if writer else 0,
+    }
+
+
+# --- reading back, for selection --------------------------------------------------------------------------------------
+
+
+def quality_figures(now=None):
+    """Return {(model, context type): (ratings, sum of scores)} of the `feedback` metric given in QUALITY_WINDOW.
+
+    Only requests that were selected have a context type; feedback on a request that named its model is not counted.
+    """
+    since = (now or timezone.now()) - QUALITY_WINDOW
+    rows = (
+        Feedback.objects.filter(metric=FEEDBACK_METRIC, updated_at__gte=since)
+        .exclude(served_model="")
+        .exclude(context_type="")
+        .values_list("served_model", "context_type")
+        .annotate(ratings=Count("id"), total=Sum("score"))
+        .order_by()
+    )
+    return {(model, context_type): (ratings, float(total)) for model, context_type, ratings, total in rows}
