@@ -11,6 +11,7 @@ independent hash laid over the cumulative weights, so it does not depend on the 
 
 import dataclasses
 import hashlib
+import math
 from datetime import datetime
 
 _SCALE = float(1 << 64)
@@ -205,4 +206,8 @@ def validate_overrides(overrides):
             problems.append(f"unknown override '{name}' (allowed: {', '.join(OVERRIDE_TYPES)})")
         elif isinstance(value, bool) or not isinstance(value, types):
             problems.append(f"override '{name}' must be {'a string' if types == (str,) else 'a number'}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"override '{name}' must be a finite number")  # jsonb cannot store NaN or infinity
+        elif isinstance(value, str) and ("\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value)):
+            problems.append(f"override '{name}' contains a character that cannot be stored")
     return problems

@@ -200,6 +200,10 @@ def test_a_system_prompt_prefix_goes_first_in_a_system_message_made_of_parts():
         ({"seed": 1}, ["unknown override 'seed' (allowed: temperature, top_p, max_tokens, presence_penalty, "
                        "frequency_penalty, system_prompt_prefix)"]),
         ([1], ["overrides must be an object"]),
+        ({"temperature": float("nan"), "top_p": float("inf")},
+         ["override 'temperature' must be a finite number", "override 'top_p' must be a finite number"]),
+        ({"system_prompt_prefix": "a\x00b"},
+         ["override 'system_prompt_prefix' contains a character that cannot be stored"]),
     ],
 )  # fmt: skip
 def test_validate_overrides_names_each_problem(overrides, problems):
