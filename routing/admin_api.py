@@ -21,6 +21,7 @@ from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 from django.utils import timezone
 
+from experiments.results import experiment_summaries
 from routing import rollups, state
 from routing.api import GatewayView, authenticate_request, current_snapshot
 from routing.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied
@@ -189,7 +190,9 @@ class ModelSelectorStatsView(GatewayView):
     Read from the request-log rollups only (one query of at most a few hundred rows per model and instance), never
     from the log itself, so it stays fast however long the log is; read and summed on a database thread, off the
     event loop that serves model traffic. The figures live in the database: when it does not answer within
-    DATABASE_WAIT_SECONDS, the answer is a 503 (`database_unavailable`). No RequestLog row, as above.
+    DATABASE_WAIT_SECONDS, the answer is a 503 (`database_unavailable`). No RequestLog row, as above. `experiments`
+    summarises each running experiment (variants, units, the primary metric's verdicts, the SRM flag) from the
+    experiment rollups (`experiments.results.experiment_summaries`), over the experiment's whole life, not the window.
     """
 
     async def get(self, request):
@@ -204,5 +207,6 @@ class ModelSelectorStatsView(GatewayView):
         end = timezone.now()
         start = rollups.window_start(end, rollups.WINDOWS[name])
         stats = await read_database(rollups.model_selector_stats, start, end, sorted(snap.models))
+        experiments = await read_database(experiment_summaries)
         window = {"name": name, "start": start.isoformat(), "end": end.astimezone(UTC).isoformat()}
-        return JsonResponse({"window": window, **stats, "experiments": []})
+        return JsonResponse({"window": window, **stats, "experiments": experiments})
