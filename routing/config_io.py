@@ -8,7 +8,9 @@ missing and never modified.
 
 The format, beyond LiteLLM's own keys:
 - `model_info.id` is the stable instance id (`ProviderInstance.id`), `model_info.enabled` its switch;
-- `model_routing` holds ChatVault's `auto_select` and per-model `capabilities` (and `experiments`, not supported yet).
+- `model_routing` holds ChatVault's `auto_select`, per-model `capabilities` and the A/B `experiments`, whose
+  validation, writing and export live in `experiments.config` (running experiments the file leaves out are stopped,
+  never deleted; running experiments that could claim the same request are refused, naming both).
 A model's metadata overrides travel as LiteLLM's own `model_info` keys (`max_input_tokens`, `supports_*`,
 `input_cost_per_token`, `output_cost_per_token`, prices per token) on its entries. They belong to the model, not the
 instance: export writes them on every entry of the model; on import an entry that leaves a key out says nothing
@@ -31,6 +33,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 
+from experiments import config as experiments_config
 from routing import metadata, secrets
 from routing.adapters import OPENAI_COMPATIBLE_KINDS
 from routing.balancer import normalize_strategy
@@ -131,6 +134,7 @@ class _Plan:
     capabilities: dict[str, list[str]]
     metadata: dict[str, dict]  # model name -> Model metadata field -> value (None = not overridden)
     fallbacks: dict[str, dict[str, list[str]]]  # fallbacks / context_window_fallbacks -> model -> fallback models
+    experiments: list  # experiments.config.ExperimentSpec
 
 
 def load_config_file(path):
@@ -184,7 +188,7 @@ def routing_config_export(*, include_secrets: bool = False) -> dict:
         "model_routing": {
             "auto_select": row.auto_select if row else False,
             "capabilities": capabilities,
-            "experiments": [],
+            "experiments": experiments_config.export_experiments(),
         },
     }
 
@@ -238,7 +242,7 @@ def _parse(data):
     named = {name for name in named if isinstance(name, str)}
     strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
     fallbacks = _parse_fallbacks(data.get("router_settings"), named, errors)
-    auto_select, capabilities = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
+    auto_select, capabilities, experiments = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
     by_model = {}
     for entry in entries:
         by_model.setdefault(entry.model_name, []).append(entry)
@@ -254,6 +258,7 @@ def _parse(data):
         capabilities=capabilities,
         metadata=model_metadata,
         fallbacks=fallbacks,
+        experiments=experiments,
     )
     return plan, warnings
 
@@ -551,12 +556,12 @@ def _export_fallbacks(listed):
 
 
 def _parse_model_routing(raw, model_names, errors, warnings):
-    """Return (auto_select, capabilities by model name) from model_routing."""
+    """Return (auto_select, capabilities by model name, experiments) from model_routing."""
     if raw is None:
-        return False, {}
+        return False, {}, []
     if not isinstance(raw, dict):
         errors.append("model_routing must be a mapping")
-        return False, {}
+        return False, {}, []
     for key in raw:
         if key not in MODEL_ROUTING_KEYS:
             warnings.append(f"model_routing.{key} is not used by ChatVault; ignored")
@@ -581,12 +586,8 @@ def _parse_model_routing(raw, model_names, errors, warnings):
         else:
             capabilities[name] = list(dict.fromkeys(tags))
 
-    experiments = raw.get("experiments")
-    if experiments is not None and not isinstance(experiments, list):
-        errors.append("model_routing.experiments must be a list")
-    elif experiments:
-        warnings.append(f"experiments are not yet supported; {len(experiments)} entries ignored")
-    return auto_select, capabilities
+    experiments = experiments_config.parse_experiments(raw.get("experiments"), model_names, errors, warnings)
+    return auto_select, capabilities, experiments
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -632,6 +633,7 @@ def _apply(plan, report):
             _disable(instance, report, f"instance {instance.id}")
 
     _apply_settings(plan, report)
+    experiments_config.apply_experiments(plan.experiments, report)
 
 
 def _match(entry, existing, claimed):

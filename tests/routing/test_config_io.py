@@ -587,14 +587,14 @@ def test_the_import_command_refuses_a_missing_file(tmp_path):
 @pytest.mark.django_db
 def test_the_import_command_prints_one_line_per_warning_and_a_summary(tmp_path):
     data = realistic()
-    data["model_routing"]["experiments"] = [{"name": "a"}, {"name": "b"}]
+    data["model_routing"]["budgets"] = {"vault-claude": 10}
     path = write(tmp_path, data)
 
     lines = run_import(path).splitlines()
 
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert len(warnings) == 5
-    assert "warning: experiments are not yet supported; 2 entries ignored" in warnings
+    assert "warning: model_routing.budgets is not used by ChatVault; ignored" in warnings
     assert any(line.startswith("warning: litellm_settings ") for line in warnings)
     assert lines[-1] == "8 created, 0 updated, 0 disabled, 0 unchanged, 5 warnings"
     assert len(lines) == 6
