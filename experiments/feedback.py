@@ -63,7 +63,11 @@ QUALITY_WINDOW = timedelta(days=30)
 class RequestNotFound(NotFound):
     """No request with this id was made with this key (or none at all: the two are not told apart)."""
 
+    default_detail = "No chat completion with this request_id was made with this API key."
     default_code = "request_not_found"
+
+    def __init__(self):
+        super().__init__(param="request_id")
 
 
 class FeedbackUnavailable(GatewayError):
@@ -268,8 +272,7 @@ async def feedback_give(*, key_pk, body):
     given = parse(body)
     facts = await find_request(given.request_id, key_pk)
     if facts is None:
-        raise RequestNotFound(f"No chat completion '{given.request_id}' was made with this API key.",
-                              param="request_id")  # fmt: skip
+        raise RequestNotFound()
     now = timezone.now()
     row = {
         "request_id": given.request_id,

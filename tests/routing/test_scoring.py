@@ -1,10 +1,21 @@
-"""Unit tests for routing.scoring: hard filters, the score's parts, tie-breaking and the one-line reason."""
+"""Unit tests for routing.scoring: hard filters, the score's parts (quality included), tie-breaking and the one-line
+reason."""
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
 
-from routing.scoring import Candidate, Need, Weights, rank, summary
+from routing.scoring import (
+    PRIOR_QUALITY,
+    PRIOR_RATINGS,
+    Candidate,
+    Need,
+    Weights,
+    posterior_quality,
+    rank,
+    summary,
+)
 
 CHEAP = {"input_cost_per_token": Decimal("1e-7"), "output_cost_per_token": Decimal("4e-7")}
 DEAR = {"input_cost_per_token": Decimal("5e-6"), "output_cost_per_token": Decimal("1.5e-5")}
@@ -113,3 +124,52 @@ def test_the_summary_says_why_in_one_line():
     need = Need(context_type="code_generation")
     assert summary(rank([a, b, c], need), need) == "code_generation: best capability fit, cheapest, healthiest"
     assert summary(rank([], need), need) == "code_generation: no eligible model"
+
+
+# --- quality: feedback shrunk towards a neutral prior ---------------------------------------------------------------
+
+
+def test_an_unrated_model_scores_the_neutral_prior():
+    (ranked,) = rank([Candidate("m", tags=("math",))], Need(context_type="math"))
+    assert ranked.breakdown["quality"] == PRIOR_QUALITY == 0.5
+    assert not any(note.startswith("feedback") for note in ranked.reasons)
+
+
+def test_few_ratings_barely_move_the_quality_and_many_approach_their_mean():
+    assert posterior_quality(0, 0.0) == 0.5
+    assert posterior_quality(2, 2.0) == pytest.approx((2 + 0.5 * PRIOR_RATINGS) / (2 + PRIOR_RATINGS))  # 0.545
+    assert posterior_quality(2, 2.0) < 0.55 and posterior_quality(2, 0.0) > 0.45
+    assert posterior_quality(PRIOR_RATINGS, PRIOR_RATINGS * 1.0) == 0.75, "as many ratings as the prior: halfway"
+    assert posterior_quality(10_000, 10_000 * 0.9) == pytest.approx(0.9, abs=0.001)
+
+
+def test_the_quality_term_moves_the_score_by_its_weight_times_the_difference():
+    liked = Candidate("liked", tags=("math",), ratings=60, rating_sum=60.0, **CHEAP)  # quality 0.875
+    plain = Candidate("plain", tags=("math",), **CHEAP)  # 0.5
+    for weight in (0.0, 0.05, 0.5):
+        ranked = {r.name: r for r in rank([liked, plain], Need(context_type="math"), Weights(quality=weight))}
+        assert ranked["liked"].breakdown["quality"] == 0.875 and ranked["plain"].breakdown["quality"] == 0.5
+        assert ranked["liked"].score - ranked["plain"].score == pytest.approx(weight * 0.375, abs=1e-6)
+    assert "feedback 1.00 from 60 ratings" in rank([liked], Need(context_type="math"))[0].reasons
+
+
+def test_a_small_quality_weight_only_separates_near_equals():
+    # "liked" costs a little more than "cheap"; loved by its users, it wins by quality only when the weight allows.
+    cheap = Candidate("cheap", tags=("math",), **CHEAP)
+    liked = Candidate("liked", tags=("math",), ratings=200, rating_sum=200.0, input_cost_per_token=Decimal("1.1e-7"),
+                      output_cost_per_token=Decimal("4.4e-7"))  # fmt: skip
+    need = Need(context_type="math", prompt_tokens=1000, max_output_tokens=500)
+    assert names(rank([cheap, liked], need)) == ["liked", "cheap"], "cost 10 % apart: quality at 0.05 decides"
+    dear = dataclasses.replace(liked, **DEAR)
+    assert names(rank([cheap, dear], need)) == ["cheap", "liked"], "50x the price: quality at 0.05 cannot make up"
+    assert names(rank([cheap, dear], need, Weights(quality=0.5))) == ["liked", "cheap"]
+    untagged = Candidate("untagged", ratings=10_000, rating_sum=10_000.0, **CHEAP)
+    assert names(rank([cheap, untagged], need))[0] == "cheap", "never past capability fit at the default weights"
+
+
+def test_the_summary_says_best_rated_when_the_winner_is_rated_best():
+    a = Candidate("a", tags=("math",), ratings=40, rating_sum=36.0, **CHEAP)
+    b = Candidate("b", tags=("math",), **CHEAP)
+    need = Need(context_type="math")
+    assert summary(rank([a, b], need), need) == "math: best capability fit, cheapest, healthiest, best rated"
+    assert "best rated" not in summary(rank([dataclasses.replace(a, ratings=0, rating_sum=0.0), b], need), need)

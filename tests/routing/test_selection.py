@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 
 from routing.errors import InvalidRequest, ModelNotFound, NoCapacity, PermissionDenied
+from routing.scoring import Weights
 from routing.selection import Choice, choose_model
-from routing.snapshot import KeyConfig, ModelConfig, Snapshot
+from routing.snapshot import KeyConfig, ModelConfig, Snapshot, type_weights
 from routing.state import ModelHealth
 
 BODY = {"model": "vault-a", "messages": [{"role": "user", "content": "hi"}]}
@@ -178,3 +179,29 @@ def test_a_request_too_long_for_the_named_model_goes_to_its_context_window_fallb
     with pytest.raises(InvalidRequest) as exc:
         choose_model(body=too_long, snapshot=snap, key=key())
     assert exc.value.code == "context_length_exceeded"
+
+
+# --- feedback: the quality term reads the snapshot's figures for the request's context type -------------------------
+
+
+def test_feedback_for_the_requests_context_type_raises_a_models_quality():
+    snap = dataclasses.replace(auto_snapshot(tagged("a", "code_generation"), tagged("b", "code_generation")),
+                               quality={("b", "code_generation"): (30, 30.0), ("a", "math"): (30, 30.0)})  # fmt: skip
+    choice = choose_model(body=CODE, snapshot=snap, key=key(), health=health())
+    assert choice.model.name == "b", "without the feedback the tie would go to 'a' by name"
+    breakdown = {c["model"]: c["breakdown"]["quality"] for c in choice.selection["candidates"]}
+    assert breakdown == {"a": 0.5, "b": 0.8}, "a's ratings are for math, not for this request's type"
+    assert choice.selection["weights"]["quality"] == 0.05
+    assert choice.reason.endswith("best rated")
+
+
+def test_a_quality_weight_of_zero_turns_the_term_off_per_type_or_everywhere():
+    models = (tagged("a", "code_generation"), tagged("b", "code_generation"))
+    rated = {("b", "code_generation"): (30, 30.0)}
+    off = Weights(quality=0.0)
+    for snap in (
+        dataclasses.replace(auto_snapshot(*models), quality=rated, selection_weights=off),
+        dataclasses.replace(auto_snapshot(*models), quality=rated,
+                            type_weights=type_weights({"code_generation": {"quality": 0}}, Weights())),  # fmt: skip
+    ):
+        assert choose_model(body=CODE, snapshot=snap, key=key(), health=health()).model.name == "a"
