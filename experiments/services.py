@@ -87,7 +87,7 @@ def experiment_pause(*, experiment: Experiment, user=None) -> Experiment:
 
 
 def experiment_stop(*, experiment: Experiment, user=None) -> Experiment:
-    """Stop an experiment for good (it can still be started again); record when."""
+    """Stop an experiment and record when: it takes no traffic, and its results stand unless it is started again."""
     with transaction.atomic():
         row, _ = _locked(experiment)
         if row.status != ExperimentStatus.STOPPED:

@@ -10,7 +10,7 @@ from django.utils import timezone
 from experiments.models import Experiment, ExperimentStatus, Variant
 from routing.auth import api_key_create
 from routing.config_io import ConfigError, routing_config_export, routing_config_import
-from routing.models import ConfigRevision
+from routing.models import ConfigRevision, Model
 
 CONFIG = """\
 model_list:
@@ -181,6 +181,17 @@ def test_a_running_experiment_left_out_of_the_file_is_stopped_never_deleted(data
     assert Experiment.objects.get(pk="exp-compact").stopped_at is not None
     assert report.changes == ["stop experiment exp-compact"] and report.disabled == 1
     assert [e["id"] for e in routing_config_export()["model_routing"]["experiments"]] == ["exp-rich", "exp-weights"]
+
+
+def test_a_running_experiment_in_the_database_the_file_leaves_out_does_not_block_the_files(data):
+    # The import stops it, so the file's running experiments are the only ones running afterwards.
+    old = Experiment.objects.create(id="exp-old", name="Old", status=ExperimentStatus.RUNNING)
+    for name in ("vault-mini", "vault-other"):
+        Variant.objects.create(experiment=old, model=Model.objects.create(name=name))
+
+    routing_config_import(data=data)
+
+    assert dict(Experiment.objects.filter(status="running").values_list("id", "name")) == {"exp-compact": "Mini vs 4o"}
 
 
 def test_a_running_experiment_whose_end_has_passed_is_stored_as_stopped(data):
