@@ -129,8 +129,8 @@ def parse_experiments(raw, model_names, errors, warnings, *, now=None):
     model_names are the models of the file's model_list; a variant may also name a model that exists already
     (it stays disabled, so its variant's requests fall back), which keeps an export of such an experiment importable.
     """
-    if raw is None:
-        return []
+    if raw is None:  # not managed by this file: experiments stay as they are (an empty list stops them all)
+        return None
     if not isinstance(raw, list):
         errors.append(f"{WHERE} must be a list of experiments")
         return []
@@ -458,7 +458,12 @@ def _moment(raw, key, problems):
 
 
 def apply_experiments(specs, report, *, now=None):
-    """Make the experiments match specs, counting what changed in report; stop running experiments not listed."""
+    """Make the experiments match specs, counting what changed in report; stop running experiments not listed.
+
+    specs None (the file has no `model_routing.experiments`) leaves every experiment as it is.
+    """
+    if specs is None:
+        return
     now = now or timezone.now()
     existing = {
         row.id: row for row in Experiment.objects.select_for_update().prefetch_related("variants__model", "target_keys")

@@ -9,8 +9,9 @@ missing and never modified.
 The format, beyond LiteLLM's own keys:
 - `model_info.id` is the stable instance id (`ProviderInstance.id`), `model_info.enabled` its switch;
 - `model_routing` holds ChatVault's `auto_select`, per-model `capabilities` and the A/B `experiments`, whose
-  validation, writing and export live in `experiments.config` (running experiments the file leaves out are stopped,
-  never deleted; running experiments that could claim the same request are refused, naming both).
+  validation, writing and export live in `experiments.config` (with an `experiments` list, running experiments it
+  leaves out are stopped, never deleted; without one, experiments are left as they are; running experiments that
+  could claim the same request are refused, naming both).
 A model's metadata overrides travel as LiteLLM's own `model_info` keys (`max_input_tokens`, `supports_*`,
 `input_cost_per_token`, `output_cost_per_token`, prices per token) on its entries. They belong to the model, not the
 instance: export writes them on every entry of the model; on import an entry that leaves a key out says nothing
@@ -134,7 +135,7 @@ class _Plan:
     capabilities: dict[str, list[str]]
     metadata: dict[str, dict]  # model name -> Model metadata field -> value (None = not overridden)
     fallbacks: dict[str, dict[str, list[str]]]  # fallbacks / context_window_fallbacks -> model -> fallback models
-    experiments: list  # experiments.config.ExperimentSpec
+    experiments: list | None  # experiments.config.ExperimentSpec; None: the file leaves experiments as they are
 
 
 def load_config_file(path):
@@ -558,10 +559,10 @@ def _export_fallbacks(listed):
 def _parse_model_routing(raw, model_names, errors, warnings):
     """Return (auto_select, capabilities by model name, experiments) from model_routing."""
     if raw is None:
-        return False, {}, []
+        return False, {}, None
     if not isinstance(raw, dict):
         errors.append("model_routing must be a mapping")
-        return False, {}, []
+        return False, {}, None
     for key in raw:
         if key not in MODEL_ROUTING_KEYS:
             warnings.append(f"model_routing.{key} is not used by ChatVault; ignored")

@@ -356,3 +356,19 @@ def test_a_dry_run_saves_no_experiment(data):
 
     assert "create experiment exp-compact" in report.changes
     assert not Experiment.objects.exists() and not Variant.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_file_without_experiments_leaves_running_experiments_alone():
+    from tests.factories import make_experiment
+
+    data = {"model_list": [
+        {"model_name": "keep-a", "litellm_params": {"model": "openai/a", "api_base": "http://127.0.0.1:9/v1"}},
+        {"model_name": "keep-b", "litellm_params": {"model": "openai/b", "api_base": "http://127.0.0.1:9/v1"}},
+    ]}  # fmt: skip
+    routing_config_import(data=data)
+    make_experiment("exp-keep", [Model.objects.get(name="keep-a"), Model.objects.get(name="keep-b")])
+    routing_config_import(data=data)
+    assert Experiment.objects.get(id="exp-keep").status == "running"
+    routing_config_import(data={**data, "model_routing": {"experiments": []}})
+    assert Experiment.objects.get(id="exp-keep").status == "stopped"
