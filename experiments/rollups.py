@@ -98,7 +98,7 @@ def _take_turns():
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
 
 
-# --- per variant and hour -------------------------------------------------------------------------------------------
+# --- per variant and hour -----------------------------------------------------------------------------------------
 
 
 def _replace_hours(run):
@@ -190,7 +190,9 @@ def _aggregate_hours(start, end, experiment):
 
     keys = ("experiment", "variant", "bucket")
     grouped = logs.values(*keys).annotate(
-        n=Count("pk"), units=Count("experiment_unit", distinct=True), successes=Count("pk", filter=_OK),
+        n=Count("pk"),
+        units=Count("experiment_unit", distinct=True),
+        successes=Count("pk", filter=_OK),
         **metric_aggregates(),
     )
     for totals in grouped:
@@ -225,7 +227,7 @@ def _aggregate_hours(start, end, experiment):
     return list(series.values())
 
 
-# --- per unit -------------------------------------------------------------------------------------------------------
+# --- per unit -----------------------------------------------------------------------------------------------------
 
 
 def _replace_units(run):

@@ -161,6 +161,7 @@ def test_a_unit_is_recomputed_from_all_its_rows_when_it_comes_back(hour):
 def test_feedback_after_the_fact_updates_the_unit_and_the_hour_of_the_rated_request(hour):
     old = hour - timedelta(days=1)
     row = log(old, "u1")
+    log(timezone.now(), "u2")  # so the newest rollup is this hour's, and a beat run's window leaves old out
     rollup_experiments(since=old)
     assert UnitRollup.objects.get(unit="u1").feedback == {}
 
