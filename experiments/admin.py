@@ -186,7 +186,7 @@ class VariantForm(forms.ModelForm):
         return overrides
 
 
-def variant_problems(rows, *, running):
+def variant_problems(rows):
     """Return what is wrong with a set of variants (dicts with model, name, weight, is_control) as messages."""
     problems = []
     controls = sum(1 for row in rows if row.get("is_control"))
@@ -202,8 +202,6 @@ def variant_problems(rows, *, running):
         problems.append(f"Variant names must differ: {', '.join(repeated)} is used more than once.")
     if rows and sum(row.get("weight") or 0 for row in rows) <= 0:
         problems.append("At least one variant needs a weight above 0.")
-    if running and len(rows) < 2:
-        problems.append("A running experiment needs at least two variants.")
     return problems
 
 
@@ -214,16 +212,18 @@ class VariantFormSet(BaseInlineFormSet):
         """Refuse two controls, repeated models or names, all-zero weights, and (running) too few or an overlap."""
         if any(self.errors):
             return
-        rows = [
-            form.cleaned_data
+        kept = [
+            form
             for form in self.forms
             if form.cleaned_data and not form.cleaned_data.get("DELETE") and form.cleaned_data.get("model")
         ]
+        rows = [form.cleaned_data for form in kept]
         experiment = self.instance
-        running = experiment.status == ExperimentStatus.RUNNING
-        problems = variant_problems(rows, running=running)
-        if running and not problems:
-            problems = self.overlap_problems(experiment, rows)
+        problems = variant_problems(rows)
+        if experiment.status == ExperimentStatus.RUNNING and not problems:
+            variants = [form.instance for form in kept]  # as the form would save them
+            problems = services.start_problems(experiment, variants=variants, now=timezone.now())
+            problems = problems or self.overlap_problems(experiment, rows)
         if problems:
             raise ValidationError(problems)
         super().clean()  # the unique checks, after ours: "names must differ" says more than "duplicate data"
@@ -366,11 +366,11 @@ class ExperimentAdmin(admin.ModelAdmin):
     # --- Saving
 
     def save_model(self, request, obj, form, change):
-        """Stamp when a running experiment first ran and when a stopped one stopped."""
-        if obj.status == ExperimentStatus.RUNNING and obj.started_at is None:
-            obj.started_at = timezone.now()
-        if obj.status == ExperimentStatus.STOPPED and obj.stopped_at is None:
-            obj.stopped_at = timezone.now()
+        """Stamp a status set in the form as the services do (when it first ran, when it stopped)."""
+        if not change or "status" in form.changed_data:
+            before = Experiment(status=form.initial.get("status"), started_at=obj.started_at, stopped_at=obj.stopped_at)
+            for field, value in services.status_fields(before, obj.status, now=timezone.now()).items():
+                setattr(obj, field, value)
         super().save_model(request, obj, form, change)
 
     def save_related(self, request, form, formsets, change):

@@ -216,6 +216,24 @@ def test_the_form_refuses_bad_variants(admin_client, models, rows, status, expec
     assert not Experiment.objects.filter(pk="exp-bad").exists()
 
 
+def test_the_form_refuses_to_run_an_experiment_whose_end_has_passed(admin_client, models):
+    rows = [{"model": models["m-a"].pk}, {"model": models["m-b"].pk}]
+    data = form_data("exp-old", rows, status="running", ends_at_0="2020-01-01", ends_at_1="00:00:00")
+    (error,) = formset_errors(admin_client.post(url("experiment_add"), data))
+    assert "ended at 2020-01-01" in error
+
+
+def test_a_status_set_in_the_form_is_stamped_like_the_services_do(admin_client, models):
+    experiment = make_experiment("exp-1", [models["m-a"], models["m-b"]], started_at=timezone.now() - HOUR)
+    saved = list(experiment.variants.order_by("position"))
+    rows = [{"model": models["m-a"].pk, "name": "m-a", "is_control": True}, {"model": models["m-b"].pk, "name": "m-b"}]
+    data = form_data("exp-1", rows, status="stopped", initial=saved)
+    assert admin_client.post(url("experiment_change", "exp-1"), data).status_code == 302
+    experiment.refresh_from_db()
+    assert experiment.status == "stopped" and experiment.stopped_at is not None
+    assert "Status" in LogEntry.objects.get(object_id="exp-1").get_change_message()
+
+
 def test_the_form_refuses_overrides_assignment_does_not_know(admin_client, models):
     rows = [{"model": models["m-a"].pk, "overrides": '{"temprature": 0.2}'}, {"model": models["m-b"].pk}]
     response = admin_client.post(url("experiment_add"), form_data("exp-bad", rows))
