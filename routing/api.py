@@ -81,6 +81,11 @@ def _served_headers(response, chat):
     if chat.context_type:
         response["x-chatvault-context-type"] = chat.context_type
         response["x-chatvault-selection-reason"] = chat.selection_reason
+    return _experiment_headers(response, chat)
+
+
+def _experiment_headers(response, chat):
+    """Add the experiment and variant a request was enrolled in (on errors too: a failure counts for its variant)."""
     if chat.assignment:
         response["x-chatvault-experiment"] = chat.assignment.experiment.id
         response["x-chatvault-variant"] = chat.assignment.variant.name
@@ -153,12 +158,12 @@ class ChatCompletionsView(GatewayView):
             if isinstance(exc, Exception):
                 error = as_gateway_error(exc)
                 chat.record_error(error)
-                return error.response()
+                return _experiment_headers(error.response(), chat)
             if runtime.stopping():
                 # Cancelled by the server: its graceful shutdown ran out before the upstream answered.
                 error = ServerShutdown()
                 chat.record_error(error)
-                return error.response()
+                return _experiment_headers(error.response(), chat)
             # Cancelled: the client went away (Django cancels the view on disconnect).
             chat.record(Outcome.CLIENT_DISCONNECTED, 499)
             raise
