@@ -165,22 +165,17 @@ class RecentRequests:
     def __init__(self, max_size=RECENT_MAX, max_age=RECENT_SECONDS):
         self.max_size = max_size
         self.max_age = max_age
-        self._facts = collections.OrderedDict()  # request id -> (monotonic time remembered, RequestFacts)
+        self._facts = collections.OrderedDict()  # request id -> (monotonic time remembered, RequestFacts fields)
         self._lock = threading.Lock()
 
     def remember(self, row):
         """Keep the facts of a storable RequestLog row (chat completions only: the one kind of request rated)."""
-        if row.get("endpoint") != "chat.completions" or row.get("api_key_id") is None:
+        get = row.get
+        if get("endpoint") != "chat.completions" or get("api_key_id") is None:
             return
-        facts = RequestFacts(
-            key_pk=row["api_key_id"],
-            served_model=row.get("served_model") or "",
-            context_type=row.get("context_type") or "",
-            experiment=row.get("experiment") or "",
-            variant=row.get("variant") or "",
-            experiment_unit=row.get("experiment_unit") or "",
-            created_at=row.get("created_at"),
-        )
+        # A plain tuple, made into RequestFacts only when read: this runs for every request, on the event loop.
+        facts = (get("api_key_id"), get("served_model") or "", get("context_type") or "", get("experiment") or "",
+                 get("variant") or "", get("experiment_unit") or "", get("created_at"))  # fmt: skip
         now = time.monotonic()
         with self._lock:
             self._facts[row["request_id"]] = (now, facts)
@@ -195,7 +190,7 @@ class RecentRequests:
             entry = self._facts.get(request_id)
         if entry is None or entry[0] < time.monotonic() - self.max_age:
             return None
-        return entry[1]
+        return RequestFacts(*entry[1])
 
     def clear(self):
         """Forget everything."""
