@@ -53,6 +53,7 @@ LOOKUP_RETRY_SECONDS = 2.0
 DATABASE_WAIT_SECONDS = 2.0
 # A read hung in a network partition keeps its thread until it ends: it must only ever hold one of these.
 _database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedback-db")
+_outage = {"logged": False}
 # Feedback rows held while the database is unreachable; beyond this the oldest are dropped (and counted).
 MAX_PENDING_ROWS = 100_000
 MAX_BACKOFF_SECONDS = 10.0
@@ -233,10 +234,16 @@ async def _read_database(func, *args):
     """Return func(*args) run on an abandonable thread; raise FeedbackUnavailable if it fails or takes too long."""
     read = sync_to_async(_as_a_request(func), thread_sensitive=False, executor=_database_threads)
     try:
-        return await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
+        result = await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
     except (DatabaseError, TimeoutError) as exc:
-        logger.warning("feedback: the rated request could not be read from the database: %s", exc or "timeout")
+        if not _outage["logged"]:  # an outage is logged when it starts and when it ends, not on every post
+            _outage["logged"] = True
+            logger.warning("feedback answers 503 until the database answers: %s", exc or "no answer in time")
         raise FeedbackUnavailable() from exc
+    if _outage["logged"]:
+        _outage["logged"] = False
+        logger.warning("feedback reads the database again")
+    return result
 
 
 async def find_request(request_id, key_pk, retry_seconds=LOOKUP_RETRY_SECONDS):

@@ -363,7 +363,8 @@ def reload():
 
 
 class Refresher(threading.Thread):
-    """Poll the configuration revision and reload the snapshot when it changed."""
+    """Poll the configuration revision and reload the snapshot when it changed; refresh its feedback figures every
+    QUALITY_REFRESH_SECONDS in between."""
 
     def __init__(self, interval=None):
         super().__init__(name="chatvault-snapshot-refresher", daemon=True)
