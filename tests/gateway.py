@@ -108,13 +108,16 @@ class Gateway:
         return json.loads(self.request("GET", "/healthz")[2])
 
     def wait_log_drained(self):
-        """Wait until every request-log row this gateway queued is written.
+        """Wait until every request-log and feedback row this gateway queued is written.
 
         A fixture that outlives a test calls this after it: a row written while the test database is flushed could
         deadlock the flush, or land in the next test.
         """
         time.sleep(0.1)  # a row is queued just after its response is sent
-        wait_until(lambda: self.health()["request_log"]["pending"] == 0, message="request log drained")
+        wait_until(
+            lambda: (health := self.health())["request_log"]["pending"] == 0 and health["feedback"]["pending"] == 0,
+            message="request log and feedback drained",
+        )
 
     def log(self):
         """Return what the process printed."""

@@ -196,7 +196,7 @@ def test_the_detail_page_shows_the_decision_readably(admin_client):
 
     assert "code_generation: best capability fit, 2nd cheapest, healthiest" in page
     coder = candidate_row(page, "coder")
-    assert "1 coder yes 0.9318 1.00 1.00 0.55 0.000554 tagged code_generation" in coder
+    assert "1 coder yes 0.9318 1.00 1.00 0.55 — 0.000554 tagged code_generation" in coder  # logged before quality
     assert "general-purpose model; context window unknown" in candidate_row(page, "generalist")
     tiny = candidate_row(page, "tiny")
     assert " no " in tiny and "needs a 298-token window, has 128" in tiny
