@@ -20,6 +20,7 @@ grouped query however many units there are (and one read of the variant-hour rol
 `compare_metric` and `summarise` are pure; `experiment_results` and `metric_timeseries` read the database.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -212,12 +213,12 @@ def sample_size(*, metric, mde_relative, control_arm, smallest_variant_units):
     needed = None
     arm = control_arm
     if mde_relative > 0 and arm is not None and arm.mean:
+        kind = metric_kind(metric)
+        baseline = arm.mean if kind == "proportion" else arm.sd
         try:
-            if metric_kind(metric) == "proportion":
-                needed = statistics.sample_size_per_variant(arm.mean, mde_relative * arm.mean, kind="proportion")
-            elif arm.sd:
-                needed = statistics.sample_size_per_variant(arm.sd, mde_relative * arm.mean, kind="mean")
-        except ValueError:  # a rate of exactly 0 or 1, no spread: no baseline to size against yet
+            if baseline:
+                needed = _units_needed(kind, _rounded(baseline), _rounded(mde_relative * arm.mean))
+        except ValueError:  # a rate of exactly 0 or 1: no baseline to size against yet
             needed = None
     return {
         "metric": metric,
@@ -226,6 +227,17 @@ def sample_size(*, metric, mde_relative, control_arm, smallest_variant_units):
         "smallest_variant_units": smallest_variant_units,
         "progress": None if not needed else smallest_variant_units / needed,
     }
+
+
+def _rounded(value):
+    """Return value to 9 significant digits: the sample size cannot tell, and the cache below then can hit."""
+    return float(f"{value:.9g}")
+
+
+@functools.lru_cache(maxsize=256)
+def _units_needed(kind, baseline, mde):
+    """Return statistics.sample_size_per_variant, remembered: its t-test power search costs ~0.1 s a call."""
+    return statistics.sample_size_per_variant(baseline, mde, kind=kind)
 
 
 def sample_ratio(observed, weights):
