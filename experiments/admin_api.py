@@ -10,11 +10,8 @@ million rows go out in constant memory and no page costs more than the one befor
 """
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
 from django.db.models import Q
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_date, parse_datetime
@@ -23,12 +20,13 @@ from experiments import export, results
 from experiments.models import BUILTIN_METRICS, FEEDBACK_METRIC, Experiment, Feedback
 from routing.admin_api import _authorize
 from routing.api import GatewayView, current_snapshot
+from routing.db_threads import DatabaseThreads
 from routing.errors import InvalidRequest, NotFound
 from routing.models import RequestLog
 
 EXPORT_PAGE = 5000
 # Reads of an export or a results table take longer than the operators' stats reads: their own threads.
-_database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="experiments-api-db")
+_database_threads = DatabaseThreads("experiments-api-db")
 _REQUEST_FIELDS = (
     "request_id",
     "created_at",
@@ -49,16 +47,8 @@ _CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjs
 
 
 async def _read(func, *args):
-    """Return func(*args) run like a request on a database thread: stale connections are dropped around it."""
-
-    def run():
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return await sync_to_async(run, thread_sensitive=False, executor=_database_threads)()
+    """Return func(*args) run like a request on this module's database threads."""
+    return await _database_threads.run(func, *args)
 
 
 def _format(request, allowed):

@@ -21,42 +21,39 @@ import collections
 import dataclasses
 import logging
 import math
-import queue
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
 from experiments.models import FEEDBACK_METRIC, METRIC_NAME, Feedback
 from routing import storable
+from routing.batch_writer import BatchWriter, table_accepts_writes
+from routing.db_threads import DatabaseThreads
 from routing.errors import GatewayError, InvalidRequest, NotFound
 from routing.models import RequestLog
 
 logger = logging.getLogger(__name__)
 
 MAX_COMMENT_CHARS = 4_000
-# Rating facts of recent requests kept in memory: enough to cover rows still queued for writing many times over.
-RECENT_MAX = 100_000
-RECENT_SECONDS = 600.0
+# Rating facts of recent requests kept in memory. They only need to cover the rows still queued for writing (flushed
+# every 0.5 s by default); after that the database has them. Kept small: every entry is memory the garbage collector
+# walks, on the same core as the event loop.
+RECENT_MAX = 20_000
+RECENT_SECONDS = 15.0
 # How long a request that is in neither this worker's memory nor the database is looked for before the answer is 404:
 # another worker writes its rows within its flush interval (0.5 s by default).
 LOOKUP_RETRY_SECONDS = 2.0
 # The longest one database read may take before the answer is 503.
 DATABASE_WAIT_SECONDS = 2.0
 # A read hung in a network partition keeps its thread until it ends: it must only ever hold one of these.
-_database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="feedback-db")
+_database_threads = DatabaseThreads("feedback-db")
 _outage = {"logged": False}
-# Feedback rows held while the database is unreachable; beyond this the oldest are dropped (and counted).
-MAX_PENDING_ROWS = 100_000
-MAX_BACKOFF_SECONDS = 10.0
 # The window of feedback that selection's quality term averages.
 QUALITY_WINDOW = timedelta(days=30)
 
@@ -217,24 +214,10 @@ def read_request(request_id, key_pk):
     return RequestFacts(key_pk, *found) if found is not None else None
 
 
-def _as_a_request(func):
-    """Wrap a database read to run on a thread like a request: stale connections are dropped around it."""
-
-    def run(*args):
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return run
-
-
 async def _read_database(func, *args):
     """Return func(*args) run on an abandonable thread; raise FeedbackUnavailable if it fails or takes too long."""
-    read = sync_to_async(_as_a_request(func), thread_sensitive=False, executor=_database_threads)
     try:
-        result = await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
+        result = await _database_threads.run(func, *args, timeout=DATABASE_WAIT_SECONDS)
     except (DatabaseError, TimeoutError) as exc:
         if not _outage["logged"]:  # an outage is logged when it starts and when it ends, not on every post
             _outage["logged"] = True
@@ -313,7 +296,6 @@ def answer(row):
 
 # --- writing ----------------------------------------------------------------------------------------------------------
 
-_STOP = object()
 _COLUMNS = ("request_id", "metric", "score", "comment", "api_key_id", "experiment", "variant", "experiment_unit",
             "served_model", "context_type", "request_created_at", "created_at", "updated_at")  # fmt: skip
 
@@ -339,122 +321,31 @@ def write_batch(rows):
         cursor.executemany(sql, [[row[name] for name in _COLUMNS] for row in rows])
 
 
-def _accepts_writes():
-    """Return whether the database answers and the feedback table is usable (so a refused batch is the rows' fault)."""
-    try:
-        close_old_connections()
-        with transaction.atomic():
-            Feedback.objects.filter(pk=-1).exists()
-    except Exception:
-        return False
-    return True
+class FeedbackWriter(BatchWriter):
+    """Write queued feedback rows in batches (the request log's batch size and flush interval), until stopped.
 
+    Rows are upserted, so a batch retried after a failure is harmless; a row the database refuses on its own is
+    dropped, logged and counted.
+    """
 
-class FeedbackWriter(threading.Thread):
-    """Write queued feedback rows in batches (the request log's batch size and flush interval), until stopped."""
+    what = "feedback"
 
     def __init__(self, batch_size=None, flush_seconds=None):
-        super().__init__(name="chatvault-feedback-writer", daemon=True)
-        self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
-        self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
-        self.queue = queue.SimpleQueue()
-        self.submitted = 0
-        self.written = 0
-        self.dropped = 0
-        self.failures = 0  # failed writes in a row
+        super().__init__(name="chatvault-feedback-writer", batch_size=batch_size, flush_seconds=flush_seconds)
 
-    def submit(self, row):
-        """Queue one row; never blocks."""
-        self.submitted += 1
-        self.queue.put(row)
+    def write_batch(self, rows):
+        """Upsert the rows."""
+        write_batch(rows)
 
-    def pending(self):
-        """Return how many submitted rows are not yet written (or given up on)."""
-        return self.submitted - self.written - self.dropped
+    def accepts_writes(self):
+        """Return whether the feedback table is usable."""
+        return table_accepts_writes(Feedback)
 
-    def run(self):
-        """Collect rows into batches and write them until stopped, then write what is left."""
-        pending, stopping = [], False
-        while not stopping:
-            wait = min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS)
-            deadline = time.monotonic() + wait
-            while self.failures or len(pending) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    item = self.queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                pending.append(item)
-            if stopping:
-                while not self.queue.empty():
-                    item = self.queue.get_nowait()
-                    if item is not _STOP:
-                        pending.append(item)
-            pending = self._write_all(pending, final=stopping)
-        connection.close()  # this thread's own connection; it ends with the thread
-
-    def _write_all(self, rows, final):
-        """Write rows in batches; return the rows that could not be written yet (none when final)."""
-        attempt = 0
-        while rows:
-            batch = rows[: self.batch_size]
-            try:
-                close_old_connections()
-                written = self._write_isolating(batch)
-            except Exception:
-                attempt += 1
-                if not self.failures:
-                    logger.exception("feedback write failed; %d rows kept for retry", len(rows))
-                self.failures += 1
-                if len(rows) > MAX_PENDING_ROWS:
-                    self.dropped += len(rows) - MAX_PENDING_ROWS
-                    rows = rows[-MAX_PENDING_ROWS:]
-                if not final:
-                    return rows
-                if attempt >= 5:
-                    logger.error("giving up on %d feedback rows at shutdown", len(rows))
-                    self.dropped += len(rows)
-                    return []
-                time.sleep(min(2**attempt * 0.2, 5))
-                continue
-            if self.failures:
-                logger.warning("feedback writes recovered after %d failed attempts", self.failures)
-                self.failures = 0
-            self.written += written
-            rows = rows[self.batch_size :]
-        return rows
-
-    def _write_isolating(self, rows):
-        """Write rows and return how many were written; if the database refuses them while it accepts writes, split
-        them until the refused row is found, and drop (count and log) that one.
-
-        Raise only when the database itself is failing: the caller keeps every row and retries later (rows written
-        by then are written again, which the upsert makes harmless).
-        """
-        try:
-            write_batch(rows)
-            return len(rows)
-        except Exception:
-            if not _accepts_writes():
-                raise
-        if len(rows) > 1:
-            middle = len(rows) // 2
-            return self._write_isolating(rows[:middle]) + self._write_isolating(rows[middle:])
-        logger.exception("feedback row for request %s refused by the database; dropped", rows[0]["request_id"])
-        self.dropped += 1
+    def refused(self, row, error):
+        """Drop a row the database refuses (a rating is not worth a safe form), logging which."""
+        logger.error("feedback row for request %s refused by the database; dropped: %s", row.get("request_id"), error)
+        self.drop(1)
         return 0
-
-    def stop(self, timeout=30.0):
-        """Write every queued row and end the thread."""
-        self.queue.put(_STOP)
-        self.join(timeout)
-        if self.is_alive():
-            logger.error("feedback writer did not finish within %.0f s", timeout)
 
 
 _writer = None

@@ -8,15 +8,12 @@ Operators look here most when something is down, so the endpoint never waits lon
 keep, and then the endpoint answers without them.
 """
 
-import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 from django.utils import timezone
@@ -24,6 +21,7 @@ from django.utils import timezone
 from experiments.results import experiment_summaries
 from routing import rollups, state
 from routing.api import GatewayView, authenticate_request, current_snapshot
+from routing.db_threads import DatabaseThreads
 from routing.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied
 from routing.health import OPEN
 from routing.models import InstanceProbe
@@ -34,7 +32,7 @@ logger = logging.getLogger(__name__)
 DATABASE_WAIT_SECONDS = 1.0
 # Not Django's per-request thread, nor the loop's default executor (DNS lookups for upstream calls): a query hung in
 # a network partition or on a lock keeps its thread until it ends, so it must only ever hold one of these.
-_database_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-api-db")
+_database_threads = DatabaseThreads("admin-api-db")
 # Names of the reads whose last try failed: an outage is logged when it starts and when it ends, not on every call.
 _failing_reads = set()
 
@@ -47,25 +45,11 @@ class DatabaseUnavailable(GatewayError):
     default_code = "database_unavailable"
 
 
-def _as_a_request(func):
-    """Wrap a database read to run on its own thread like a request: stale connections are dropped around it."""
-
-    def run(*args):
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return run
-
-
 async def read_database(func, *args):
     """Return func(*args) run on an abandonable thread; raise DatabaseUnavailable if it fails or takes too long."""
     name = func.__name__
-    read = sync_to_async(_as_a_request(func), thread_sensitive=False, executor=_database_threads)
     try:
-        result = await asyncio.wait_for(read(*args), DATABASE_WAIT_SECONDS)
+        result = await _database_threads.run(func, *args, timeout=DATABASE_WAIT_SECONDS)
     except (DatabaseError, TimeoutError) as exc:
         if name not in _failing_reads:
             _failing_reads.add(name)

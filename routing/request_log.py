@@ -1,9 +1,10 @@
 """Batched, off-request-path writing of RequestLog rows.
 
-The hot path calls `record(row)`, which only appends to an in-memory queue. A writer thread per worker inserts the
-rows in batches (`CHATVAULT_LOG_BATCH_SIZE` rows or `CHATVAULT_LOG_FLUSH_SECONDS`, whichever comes first) and stamps
-`ApiKey.last_used_at`. On graceful shutdown `stop()` drains the queue, so no accepted request goes unrecorded. If the
-database is down, rows are kept and retried with backoff rather than dropped.
+The hot path calls `record(row)`, which only appends to an in-memory queue. A writer thread per worker
+(`routing.batch_writer`) inserts the rows in batches (`CHATVAULT_LOG_BATCH_SIZE` rows or
+`CHATVAULT_LOG_FLUSH_SECONDS`, whichever comes first) and stamps `ApiKey.last_used_at`. On graceful shutdown `stop()`
+drains the queue, so no accepted request goes unrecorded. If the database is down, rows are kept and retried with
+backoff rather than dropped.
 
 Every row is made storable when it is queued (`routing.storable`). Should the database still refuse a batch while it
 accepts writes, the batch is split until the refused row is isolated; that row is written in a safe form that says
@@ -12,28 +13,19 @@ what was wrong, and every other row is written as it is. One bad row never holds
 
 import functools
 import logging
-import queue
-import threading
-import time
 import uuid
 from datetime import UTC, datetime
 
 import psycopg
-from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 
 from experiments import feedback
 from routing import storable
+from routing.batch_writer import BatchWriter, table_accepts_writes
 from routing.models import ApiKey, Outcome, RequestLog
 
 logger = logging.getLogger(__name__)
-
-_STOP = object()
-# Rows held while the database is unreachable; beyond this the oldest are dropped (and counted) to bound memory.
-MAX_PENDING_ROWS = 200_000
-MAX_BACKOFF_SECONDS = 10.0
-
 
 class Counters:
     """Process-wide request counters (unauthenticated requests are counted here, not stored)."""
@@ -44,139 +36,44 @@ class Counters:
     refused_bodies = 0  # requests answered 413 before authentication
 
 
-class RequestLogWriter(threading.Thread):
-    """Write queued RequestLog rows to the database in batches."""
+class RequestLogWriter(BatchWriter):
+    """Write queued RequestLog rows to the database in batches (see `routing.batch_writer`).
+
+    A row the database refuses on its own is written in its safe form (`safe_form`), which says what was wrong.
+    """
+
+    what = "request log"
 
     def __init__(self, batch_size=None, flush_seconds=None):
-        super().__init__(name="chatvault-request-log-writer", daemon=True)
-        self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
-        self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
-        self.queue = queue.SimpleQueue()
-        self.submitted = 0
-        self.written = 0
-        self.dropped = 0
-        self.failures = 0  # failed writes in a row
+        super().__init__(name="chatvault-request-log-writer", batch_size=batch_size, flush_seconds=flush_seconds)
 
-    def submit(self, row):
-        """Queue one row (a dict of RequestLog fields); never blocks."""
-        self.submitted += 1
-        self.queue.put(row)
+    def write_batch(self, rows):
+        """Insert the rows (skipping those a retried batch already wrote) and stamp their keys' last use."""
+        write_batch(rows)
 
-    def pending(self):
-        """Return how many submitted rows are not yet written (or given up on)."""
-        return self.submitted - self.written - self.dropped
+    def accepts_writes(self):
+        """Return whether the request log table is usable."""
+        return table_accepts_writes(RequestLog)
 
-    def run(self):
-        """Collect rows into batches and write them until stopped, then write what is left."""
-        pending = []
-        stopping = False
-        while not stopping:
-            # While the database is failing, wait out a growing backoff before the next try (still queueing rows),
-            # instead of retrying as fast as full batches arrive.
-            wait = (
-                min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS) if self.failures else self.flush_seconds
-            )
-            deadline = time.monotonic() + wait
-            while self.failures or len(pending) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    item = self.queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                pending.append(item)
-            if stopping:
-                pending.extend(self._drain())
-            pending = self._write_all(pending, final=stopping)
-        connection.close()  # this thread's own connection; it ends with the thread
-
-    def _drain(self):
-        """Return every row still queued."""
-        rows = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                return rows
-            if item is not _STOP:
-                rows.append(item)
-
-    def _write_all(self, rows, final):
-        """Write rows in batches; return the rows that could not be written yet."""
-        attempt = 0
-        while rows:
-            batch = rows[: self.batch_size]
-            try:
-                close_old_connections()
-                self._write_isolating(batch)
-            except Exception:
-                attempt += 1
-                if not self.failures:
-                    logger.exception("request log write failed; %d rows kept for retry", len(rows))
-                self.failures += 1
-                if len(rows) > MAX_PENDING_ROWS:
-                    self._drop(len(rows) - MAX_PENDING_ROWS)
-                    rows = rows[-MAX_PENDING_ROWS:]
-                if not final:
-                    return rows
-                if attempt >= 5:
-                    self._drop(len(rows))
-                    logger.error("giving up on %d request log rows at shutdown", len(rows))
-                    return []
-                time.sleep(min(2**attempt * 0.2, 5))
-                continue
-            if self.failures:
-                logger.warning("request log writes recovered after %d failed attempts", self.failures)
-                self.failures = 0
-            self.written += len(batch)
-            rows = rows[self.batch_size :]
-        return rows
-
-    def _write_isolating(self, rows):
-        """Write rows; if the database refuses them while it accepts writes, split them around the refused rows.
-
-        Raise only when the database itself is failing (down, or the table unusable): then the caller keeps every
-        row and retries later. Rows already written by then are skipped on the retry (see `write_batch`).
-        """
-        try:
-            write_batch(rows)
-            return
-        except Exception as exc:
-            if not _accepts_writes():
-                raise
-            error = exc
-        if len(rows) > 1:
-            middle = len(rows) // 2
-            self._write_isolating(rows[:middle])
-            self._write_isolating(rows[middle:])
-            return
+    def refused(self, row, error):
+        """Write a row the database refuses in its safe form; drop it only if even that is refused."""
         logger.error("request log row %s refused by the database; writing it in a safe form: %s",
-                     rows[0].get("request_id"), storable.text(error, 300))  # fmt: skip
+                     row.get("request_id"), storable.text(error, 300))  # fmt: skip
         try:
-            write_batch([safe_form(rows[0], error)])
+            write_batch([safe_form(row, error)])
         except Exception:
-            if not _accepts_writes():
+            if not self.accepts_writes():
                 raise
-            logger.exception("request log row %s dropped: even its safe form was refused", rows[0].get("request_id"))
-            self._drop(1)
-            return
+            logger.exception("request log row %s dropped: even its safe form was refused", row.get("request_id"))
+            self.drop(1)
+            return 0
         Counters.rewritten_rows += 1
+        return 1
 
-    def _drop(self, count):
-        """Count rows given up on."""
-        self.dropped += count
+    def drop(self, count):
+        """Count rows given up on, for /healthz too."""
+        super().drop(count)
         Counters.dropped_rows += count
-
-    def stop(self, timeout=30.0):
-        """Write every queued row and end the thread."""
-        self.queue.put(_STOP)
-        self.join(timeout)
-        if self.is_alive():
-            logger.error("request log writer did not finish within %.0f s", timeout)
 
 
 def _copy_rows(rows):
@@ -197,17 +94,6 @@ def _copy_rows(rows):
                 values = [row.get(name, defaults[name]) for name in attnames]
                 values[attnames.index("decision")] = Jsonb(row.get("decision") or {})
                 copy.write_row(values)
-
-
-def _accepts_writes():
-    """Return whether the database answers and the log table is usable (so a refused batch is the rows' fault)."""
-    try:
-        close_old_connections()
-        with transaction.atomic():
-            RequestLog.objects.filter(pk=-1).exists()
-    except Exception:
-        return False
-    return True
 
 
 @functools.cache

@@ -1,0 +1,181 @@
+"""A thread that writes queued rows to the database in batches, off the request path: the request log's and
+feedback's writers are both one.
+
+The request path calls `submit(row)`, which only appends to an in-memory queue. The thread writes batches of
+`batch_size` rows, or what came within `flush_seconds`, whichever comes first. While the database is down, rows are
+kept (up to MAX_PENDING_ROWS, the oldest dropped and counted beyond that) and retried with a growing backoff. A
+batch the database refuses while it still accepts writes is split until the refused row is alone, so one bad row
+never holds up the rows behind it; what becomes of that row is the subclass's choice (`refused`). `stop()` writes
+everything still queued before the thread ends, so a graceful shutdown loses nothing.
+"""
+
+import logging
+import queue
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+# Rows held while the database is unreachable; beyond this the oldest are dropped (and counted) to bound memory.
+MAX_PENDING_ROWS = 200_000
+MAX_BACKOFF_SECONDS = 10.0
+# Tries of a failing database at shutdown before the rows still held are given up on.
+FINAL_ATTEMPTS = 5
+
+
+class BatchWriter(threading.Thread):
+    """Write queued rows in batches until stopped; subclasses say how a batch is written and what a bad row becomes."""
+
+    what = "rows"  # how log messages name the rows
+
+    def __init__(self, *, name, batch_size=None, flush_seconds=None):
+        super().__init__(name=name, daemon=True)
+        self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
+        self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
+        self.queue = queue.SimpleQueue()
+        self.submitted = 0
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0  # failed writes in a row
+
+    # --- what subclasses provide ------------------------------------------------------------------------------------
+
+    def write_batch(self, rows):
+        """Write rows in one transaction; raise if the database refuses them."""
+        raise NotImplementedError
+
+    def accepts_writes(self):
+        """Return whether the database answers and the table is usable (so a refused batch is the rows' fault)."""
+        raise NotImplementedError
+
+    def refused(self, row, error):
+        """Handle one row the database refused on its own; return 1 if it was written in some form, else 0."""
+        logger.error("%s row refused by the database; dropped: %s", self.what, error)
+        self.drop(1)
+        return 0
+
+    # --- the thread -------------------------------------------------------------------------------------------------
+
+    def submit(self, row):
+        """Queue one row; never blocks."""
+        self.submitted += 1
+        self.queue.put(row)
+
+    def pending(self):
+        """Return how many submitted rows are not yet written (or given up on)."""
+        return self.submitted - self.written - self.dropped
+
+    def drop(self, count):
+        """Count rows given up on."""
+        self.dropped += count
+
+    def run(self):
+        """Collect rows into batches and write them until stopped, then write what is left."""
+        pending = []
+        stopping = False
+        while not stopping:
+            # While the database is failing, wait out a growing backoff before the next try (still queueing rows),
+            # instead of retrying as fast as full batches arrive.
+            wait = min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS)
+            deadline = time.monotonic() + wait
+            while self.failures or len(pending) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                pending.append(item)
+            if stopping:
+                pending.extend(self._drain())
+            pending = self._write_all(pending, final=stopping)
+        connection.close()  # this thread's own connection; it ends with the thread
+
+    def _drain(self):
+        """Return every row still queued."""
+        rows = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return rows
+            if item is not _STOP:
+                rows.append(item)
+
+    def _write_all(self, rows, final):
+        """Write rows in batches; return the rows that could not be written yet (none when final)."""
+        attempt = 0
+        while rows:
+            batch = rows[: self.batch_size]
+            try:
+                close_old_connections()
+                written = self._write_isolating(batch)
+            except Exception:
+                attempt += 1
+                if not self.failures:
+                    logger.exception("%s write failed; %d rows kept for retry", self.what, len(rows))
+                self.failures += 1
+                if len(rows) > MAX_PENDING_ROWS:
+                    self.drop(len(rows) - MAX_PENDING_ROWS)
+                    rows = rows[-MAX_PENDING_ROWS:]
+                if not final:
+                    return rows
+                if attempt >= FINAL_ATTEMPTS:
+                    self.drop(len(rows))
+                    logger.error("giving up on %d %s rows at shutdown", len(rows), self.what)
+                    return []
+                time.sleep(min(2**attempt * 0.2, 5))
+                continue
+            if self.failures:
+                logger.warning("%s writes recovered after %d failed attempts", self.what, self.failures)
+                self.failures = 0
+            self.written += written
+            rows = rows[self.batch_size :]
+        return rows
+
+    def _write_isolating(self, rows):
+        """Write rows and return how many were written; if the database refuses them while it accepts writes, split
+        them around the refused rows and hand each of those to `refused`.
+
+        Raise only when the database itself is failing (down, or the table unusable): then the caller keeps every
+        row and retries later, so `write_batch` must make a second write of the same row harmless.
+        """
+        try:
+            self.write_batch(rows)
+            return len(rows)
+        except Exception as exc:
+            if not self.accepts_writes():
+                raise
+            error = exc
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            return self._write_isolating(rows[:middle]) + self._write_isolating(rows[middle:])
+        return self.refused(rows[0], error)
+
+    def stop(self, timeout=30.0):
+        """Write every queued row and end the thread."""
+        self.queue.put(_STOP)
+        self.join(timeout)
+        if self.is_alive():
+            logger.error("%s writer did not finish within %.0f s", self.what, timeout)
+
+
+def table_accepts_writes(model):
+    """Return whether the database answers and model's table can be read in a transaction."""
+    from django.db import transaction
+
+    try:
+        close_old_connections()
+        with transaction.atomic():
+            model.objects.filter(pk=-1).exists()
+    except Exception:
+        return False
+    return True
