@@ -608,8 +608,15 @@ def sample_size_context(sample_size, experiment):
 
 
 def metric_charts(timeseries, order):
-    """Return one SVG chart per metric (in the table's order, then any other), each line a variant."""
-    series = timeseries.get("series") or {}
+    """Return one SVG chart per metric that has a value (in the table's order, then any other), each line a variant.
+
+    A metric no request has (TTFT without streams, tokens from an upstream that reports no usage) gets no empty chart.
+    """
+    series = {
+        metric: lines
+        for metric, lines in (timeseries.get("series") or {}).items()
+        if any(value is not None for points in lines.values() for value in points)
+    }
     names = [metric for metric in order if metric in series] + [metric for metric in series if metric not in order]
     return [
         {
