@@ -13,7 +13,7 @@ Writing: `FeedbackWriter`, one thread per worker like the request log's, upserts
 (request_id, metric), the later post winning by `updated_at` (a second post replaces the first whole, its
 `created_at` included). `stop()`, called on graceful shutdown, writes every queued row first.
 
-Selection reads the figures back through `quality_figures()`, loaded into the routing snapshot off the request path.
+Selection reads the ratings back through their daily rollup (`experiments.quality`), never this table.
 """
 
 import asyncio
@@ -24,11 +24,9 @@ import math
 import threading
 import time
 import uuid
-from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Sum
 from django.utils import timezone
 
 from experiments.models import FEEDBACK_METRIC, METRIC_NAME, Feedback
@@ -54,8 +52,6 @@ DATABASE_WAIT_SECONDS = 2.0
 # A read hung in a network partition keeps its thread until it ends: it must only ever hold one of these.
 _database_threads = DatabaseThreads("feedback-db")
 _outage = {"logged": False}
-# The window of feedback that selection's quality term averages.
-QUALITY_WINDOW = timedelta(days=30)
 
 
 class RequestNotFound(NotFound):
@@ -381,23 +377,3 @@ def stats():
         "written": writer.written if writer else 0,
         "dropped": writer.dropped if writer else 0,
     }
-
-
-# --- reading back, for selection --------------------------------------------------------------------------------------
-
-
-def quality_figures(now=None):
-    """Return {(model, context type): (ratings, sum of scores)} of the `feedback` metric given in QUALITY_WINDOW.
-
-    Only requests that were selected have a context type; feedback on a request that named its model is not counted.
-    """
-    since = (now or timezone.now()) - QUALITY_WINDOW
-    rows = (
-        Feedback.objects.filter(metric=FEEDBACK_METRIC, updated_at__gte=since)
-        .exclude(served_model="")
-        .exclude(context_type="")
-        .values_list("served_model", "context_type")
-        .annotate(ratings=Count("id"), total=Sum("score"))
-        .order_by()
-    )
-    return {(model, context_type): (ratings, float(total)) for model, context_type, ratings, total in rows}

@@ -203,7 +203,11 @@ class Feedback(models.Model):
                 condition=models.Q(score__gte=0) & models.Q(score__lte=1), name="%(app_label)s_%(class)s_score_range"
             ),
         ]
-        indexes = [models.Index(fields=["experiment", "variant"], name="experiments_feedback_variant")]
+        indexes = [
+            models.Index(fields=["experiment", "variant"], name="experiments_feedback_variant"),
+            # The quality rollup recomputes the feedback metric of one day of rated requests at a time.
+            models.Index(fields=["metric", "request_created_at"], name="experiments_feedback_day"),
+        ]
 
     def __str__(self):
         return f"{self.request_id} {self.metric}={self.score:g}"
@@ -275,3 +279,27 @@ class VariantRollup(models.Model):
 
     def __str__(self):
         return f"{self.experiment}/{self.variant} {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+class QualityRollup(models.Model):
+    """Ratings of the `feedback` metric per served model, context type and day of the rated request.
+
+    Selection's quality term sums the last 30 days of these (`experiments.quality`), so no worker ever aggregates the
+    Feedback table itself. Written only by `experiments.quality.rollup_quality`, which recomputes whole days.
+    """
+
+    day = models.DateField(help_text="Day (UTC) of the rated requests.")
+    model = models.CharField(max_length=200)
+    context_type = models.CharField(max_length=32)
+    ratings = models.PositiveIntegerField(default=0)
+    score_sum = models.FloatField(default=0)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day", "model", "context_type"]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "model", "context_type"], name="%(app_label)s_%(class)s_unique_day"),
+        ]
+
+    def __str__(self):
+        return f"{self.model} / {self.context_type} {self.day}: {self.ratings} ratings"

@@ -15,7 +15,10 @@ def stop_ended_experiments():
 
 @shared_task(ignore_result=True)
 def rollup_experiments(lookback_seconds=15 * 60):
-    """Roll the experiments up from the newest rollup, or lookback_seconds back if that is earlier."""
+    """Roll the experiments up from the newest rollup, or lookback_seconds back if that is earlier; likewise the
+    feedback that selection's quality term reads."""
+    from experiments.quality import rollup_quality
     from experiments.rollups import rollup_experiments as rollup
 
     rollup(lookback=timedelta(seconds=lookback_seconds))
+    rollup_quality(lookback=timedelta(seconds=lookback_seconds))

@@ -133,7 +133,8 @@ class Snapshot:
     # Running experiments (`experiments.assignment.LiveExperiment`) by the model names they may claim, in id order.
     experiments_by_model: dict[str, tuple] = dataclasses.field(default_factory=dict)
     # Feedback for selection's quality term: {(model, context type): (ratings, sum of scores)} over the last 30 days
-    # (`experiments.feedback.quality_figures`), reloaded with the snapshot and every QUALITY_REFRESH_SECONDS.
+    # (`experiments.quality.quality_figures`, from the daily rollup), reloaded with the snapshot and every
+    # QUALITY_REFRESH_SECONDS.
     quality: dict[tuple[str, str], tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     def weights_for(self, context_type):
@@ -287,7 +288,7 @@ def live_experiments():
 
 def quality_figures():
     """Return the feedback figures selection's quality term reads (see `Snapshot.quality`)."""
-    from experiments.feedback import quality_figures
+    from experiments.quality import quality_figures
 
     return quality_figures()
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from experiments import feedback
 from experiments.models import Feedback
-from routing import snapshot
+from experiments.quality import rollup_quality
 from routing.models import ApiKey, ConfigRevision, Model, RequestLog
 from tests.factories import make_experiment, make_key, make_model, tune, wait_for_model, wait_for_reload
 from tests.gateway import Gateway, wait_until
@@ -260,6 +260,7 @@ def test_feedback_favouring_a_model_raises_its_quality_in_selection(gateway, fak
             assert headers["x-chatvault-context-type"] == "code_generation"
             assert give(gateway, raw, {"request_id": headers["x-request-id"], "score": score})[0] == 200
     wait_until(lambda: Feedback.objects.count() == 20, message="20 feedback rows")
+    rollup_quality()  # what the experiments' beat task does every minute
     ConfigRevision.bump()  # figures reload with the configuration (and every minute)
     wait_for_reload(gateway)
     after = recommend()
@@ -346,22 +347,3 @@ def test_recent_requests_are_bounded_in_count_and_age():
     assert recent.get(ids[3]) is None
 
 
-def test_the_snapshot_carries_30_days_of_feedback_per_model_and_type_and_refreshes_it_alone():
-    now = timezone.now()
-
-    def rate(score, model="m", context_type="math", metric="feedback", at=now):
-        row = feedback_row(uuid.uuid4(), score, at, metric)
-        feedback.write_batch([{**row, "served_model": model, "context_type": context_type}])
-
-    rate(1.0)
-    rate(0.5)
-    rate(1.0, context_type="")  # a named model's request: no context type
-    rate(1.0, metric="accuracy")
-    rate(1.0, at=now - timedelta(days=31))
-    snap = snapshot.reload()
-    assert snap.quality == {("m", "math"): (2, 1.5)}
-    rate(0.0, model="n")
-    snapshot.refresh_quality()
-    refreshed = snapshot.current()
-    assert refreshed.quality == {("m", "math"): (2, 1.5), ("n", "math"): (1, 0.0)}
-    assert refreshed.models is snap.models and refreshed.token == snap.token, "nothing else reloaded"

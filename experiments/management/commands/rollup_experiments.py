@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from experiments.quality import rollup_quality
 from experiments.rollups import rollup_experiments
 from routing.management.commands.rollup_request_logs import _moment
 
@@ -12,7 +13,8 @@ class Command(BaseCommand):
     help = (
         "Recompute the experiments' per-variant hour rollups and per-unit rollups from the start of the hour of "
         "--since (default: the newest rollup's, or the first request in an experiment when there is none) through "
-        "the current hour, counting every request and feedback written before the run; replaces those rows."
+        "the current hour, counting every request and feedback written before the run; replaces those rows. Also "
+        "recomputes the daily feedback rollup that selection's quality term reads (every day, without --since)."
     )
 
     def add_arguments(self, parser):
@@ -21,6 +23,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, since, **options):
         """Run the rollup and report it."""
+        days = rollup_quality(since=since)
+        self.stdout.write(f"Recomputed the quality rollup of {days} days of rated requests.")
         run = rollup_experiments(since=since)
         if run.start is None:
             self.stdout.write("No request was in an experiment: nothing to roll up.")
