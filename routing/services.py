@@ -335,11 +335,17 @@ class ChatRequest:
                 st.finished(instance.id, ok=False, counts=False)
                 raise
 
+    def upstream_complete(self, instance):
+        """Return the awaitable non-streaming upstream call of one attempt (legacy completions call another)."""
+        return adapters.complete(instance, self.body)
+
+    def upstream_stream(self, instance):
+        """Return the upstream's chunks for one streaming attempt (legacy completions call another)."""
+        return adapters.stream(instance, self.body)
+
     async def complete(self):
         """Return the upstream's Completion (with failover); raise GatewayError on failure."""
-        instance, began, completion = await self._failover(
-            lambda inst: adapters.complete(inst, self.body)
-        )
+        instance, began, completion = await self._failover(self.upstream_complete)
         ms = self._attempt_done(instance, began, "ok", 200)
         self.usage = completion.usage
         self.state.finished(instance.id, ok=True, latency_ms=ms, tokens=_total_tokens(self.usage))
@@ -349,7 +355,7 @@ class ChatRequest:
         """Start the stream (with failover until a first chunk arrives); return the relay for the client."""
 
         async def first_chunk(inst):
-            chunks = adapters.stream(inst, self.body)
+            chunks = self.upstream_stream(inst)
             try:
                 return chunks, await anext(chunks)
             except BaseException:
