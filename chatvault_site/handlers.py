@@ -38,9 +38,17 @@ from routing.middleware import allowed_host_middleware, request_id_middleware
 # The routes `APIHandler` serves: async views that never use the database on the event loop's thread. Every other
 # path, a new endpoint included, runs on Django's handler with its per-request connection housekeeping. Add a route
 # here only once its view is made lean on purpose (and declared so in tests/test_handlers.py); a prefix stands for one
-# route's own parameter only.
-LEAN_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz"})
-LEAN_PATH_PREFIXES = ("/v1/models/",)  # /v1/models/<model>; a model name may hold slashes
+# route's own parameter only. Each public route is served with and without /v1 (chatvault_site/urls.py).
+LEAN_PATHS = frozenset(
+    {
+        *("/v1/chat/completions", "/chat/completions"),
+        *("/v1/completions", "/completions"),
+        *("/v1/models", "/models"),
+        *("/v1/feedback", "/feedback"),
+        "/healthz",
+    }
+)
+LEAN_PATH_PREFIXES = ("/v1/models/", "/models/")  # /models/<model>; a model name may hold slashes
 # Takes no body: one sent to it is never read.
 HEALTH_PATH = "/healthz"
 # How long the rest of a refused body is read (and thrown away) so that the client gets to read the answer.

@@ -1,7 +1,8 @@
-"""The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/models`, and `/healthz`.
+"""The OpenAI-compatible HTTP API: `/v1/chat/completions`, legacy `/v1/completions`, `/v1/models`, and `/healthz`
+(each public route also without `/v1`, see chatvault_site/urls.py).
 
-Views only adapt HTTP: authenticate against the snapshot, parse, hand the request to `services.ChatRequest`, and
-shape the answer. Nothing here touches the database.
+Views only adapt HTTP: authenticate against the snapshot, parse, hand the request to `services.ChatRequest` (or
+`completions.CompletionRequest`), and shape the answer. Nothing here touches the database.
 """
 
 import inspect
@@ -18,6 +19,7 @@ from rest_framework.renderers import JSONRenderer
 
 from experiments import feedback
 from routing import auth, request_log, runtime, snapshot
+from routing.completions import CompletionRequest
 from routing.errors import (
     GatewayError,
     InvalidRequest,
@@ -138,11 +140,13 @@ class GatewayView(APIView):
 class ChatCompletionsView(GatewayView):
     """POST /v1/chat/completions — OpenAI chat completions, streaming or not."""
 
+    service = ChatRequest
+
     async def post(self, request):
         """Serve one chat completion."""
         snap = await current_snapshot()
         key = authenticate_request(request, snap)
-        chat = ChatRequest(
+        chat = self.service(
             request_id=request.request_id, key=key, snapshot=snap, session=request.headers.get("x-chatvault-session")
         )
         try:
@@ -169,6 +173,12 @@ class ChatCompletionsView(GatewayView):
             raise
         chat.record(Outcome.OK, 200)
         return _served_headers(HttpResponse(completion.body, content_type="application/json"), chat)
+
+
+class CompletionsView(ChatCompletionsView):
+    """POST /v1/completions — OpenAI's legacy text completions, streaming or not, for pass-through models."""
+
+    service = CompletionRequest
 
 
 def _model_entry(model):
@@ -246,16 +256,33 @@ async def healthz(request):
     )
 
 
+# The first path segments of OpenAI's routes: clients configured with a base URL without /v1 call them at the root.
+OPENAI_ROOTS = frozenset(
+    {"chat", "completions", "models", "feedback", "embeddings", "responses", "audio", "images", "files", "batches",
+     "moderations", "assistants", "threads", "vector_stores", "fine_tuning", "uploads"}
+)  # fmt: skip
+
+
+def looks_like_api_call(request):
+    """Return whether a request is an API client's: under /v1/, at an OpenAI route's root, or with a bearer key or a
+    JSON body (which browsers do not send), so that its errors are answered in OpenAI's shape."""
+    path = request.path
+    if path.startswith("/v1/") or path.split("/", 2)[1] in OPENAI_ROOTS:
+        return True
+    bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+    return bearer or request.content_type == "application/json"
+
+
 def not_found(request, exception=None):
     """Answer unknown API URLs in OpenAI's error shape, and others with Django's page."""
-    if request.path.startswith("/v1/"):
+    if looks_like_api_call(request):
         return NotFound(f"No route for {request.method} {request.path}.").response()
     return defaults.page_not_found(request, exception)
 
 
 def bad_request(request, exception=None):
     """Answer requests Django rejects before routing (e.g. a disallowed Host) in OpenAI's shape for the API."""
-    if request.path.startswith("/v1/"):
+    if looks_like_api_call(request):
         return InvalidRequest("Bad request.").response()
     return defaults.bad_request(request, exception)
 

@@ -9,6 +9,13 @@ Endpoints
         Answers ``chat.completion`` objects, or ``chat.completion.chunk`` SSE
         events when ``stream`` is true (a usage chunk with ``choices: []`` is
         added when ``stream_options.include_usage`` is true).
+    POST /v1/completions (also /completions)
+        Legacy text completions: ``text_completion`` objects with one choice
+        per prompt (or ``text_completion`` SSE chunks when ``stream`` is true,
+        plus a usage chunk with ``choices: []`` when asked for), the same
+        deterministic text, honouring ``max_tokens``, ``chunks``, ``status``,
+        ``latency_ms`` and ``chunk_delay_ms``; ``prompt_tokens`` counts the
+        words of string prompts and the ids of token prompts.
     GET  /v1/models, GET /health
     GET|POST /_fake/config     Read or change the knobs for all later requests;
                                a null value resets that knob to its CLI default.
@@ -459,6 +466,62 @@ class FakeProvider:
         await response.write_eof()
         return response
 
+    # -- legacy completions ----------------------------------------------
+
+    async def legacy(self, request: web.Request) -> web.StreamResponse:
+        """Answer a legacy text completion request (status, latency, chunks and chunk delay knobs honoured)."""
+        self.count += 1
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        overrides = self._record(request, body)
+        try:
+            knobs = {**self.knobs, **{name: validate_knob(name, value) for name, value in overrides.items()}}
+        except InvalidKnob as exc:
+            return self._error(400, f"Invalid fake header: {exc}")
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts:
+            return self._error(400, "'prompt' must be a string or a non-empty array.", param="prompt")
+        if all(isinstance(p, int) for p in prompts):
+            prompts = [prompts]  # one prompt of token ids
+        limit = body.get("max_tokens")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens")
+        if knobs["latency_ms"]:
+            await asyncio.sleep(knobs["latency_ms"] / 1000)
+        if knobs["status"] is not None and knobs["status"] != 200:
+            return self._error(knobs["status"], retry_after=knobs["retry_after"])
+        words, finish_reason = knobs["chunks"], "stop"
+        if limit is not None and limit < words:
+            words, finish_reason = limit, "length"
+        prompt_tokens = sum(len(p.split()) if isinstance(p, str) else len(p) for p in prompts)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": words * len(prompts),
+                 "total_tokens": prompt_tokens + words * len(prompts)}  # fmt: skip
+        head = {"id": f"cmpl-fake-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model") or self.config.models[0]}  # fmt: skip
+        if not body.get("stream"):
+            choices = [{"text": completion_text(words), "index": index, "logprobs": None,
+                        "finish_reason": finish_reason} for index in range(len(prompts))]  # fmt: skip
+            return web.json_response({**head, "choices": choices, "usage": usage})
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        for k in range(words + 1):
+            if k and knobs["chunk_delay_ms"]:
+                await asyncio.sleep(knobs["chunk_delay_ms"] / 1000)
+            text, finish = (f"fake{k} ", None) if k < words else ("", finish_reason)
+            choices = [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+                       for index in range(len(prompts))]  # fmt: skip
+            await response.write(b"data: " + json.dumps({**head, "choices": choices}).encode() + b"\n\n")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            await response.write(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n")
+        await response.write(_DONE_EVENT)
+        await response.write_eof()
+        return response
+
     # -- control endpoints -----------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
@@ -523,6 +586,8 @@ def build_app(config: FakeConfig) -> web.Application:
     app.on_response_prepare.append(fake.add_port_header)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/chat/completions", fake.chat)
+    app.router.add_post("/v1/completions", fake.legacy)
+    app.router.add_post("/completions", fake.legacy)
     app.router.add_get("/v1/models", fake.models)
     app.router.add_get("/models", fake.models)
     app.router.add_get("/health", fake.health)

@@ -1,4 +1,5 @@
-"""Chat request validation: what a client's body must look like before any model is chosen.
+"""Request validation: what a client's chat (or legacy text completion) body must look like before any model is
+chosen.
 
 The checks that make a body safe to route once, at the edge (STYLE.md 9): a JSON object with a model name and
 messages of known roles, no key that would let a client choose the upstream endpoint or credentials (at any depth),
@@ -31,8 +32,8 @@ def _find_forbidden_key(value, path, depth=0):
     return None
 
 
-def validate_body(body):
-    """Raise InvalidRequest unless body is a usable chat completion request."""
+def _validate_common(body):
+    """Raise InvalidRequest unless body is an object naming a model, with no forbidden key and no deep nesting."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     forbidden = _find_forbidden_key(body, "")
@@ -45,6 +46,11 @@ def validate_body(body):
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+
+
+def validate_body(body):
+    """Raise InvalidRequest unless body is a usable chat completion request."""
+    _validate_common(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' is required and must be a non-empty array.", param="messages")
@@ -70,3 +76,67 @@ def validate_body(body):
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'user' must be a string.", param="user")
+
+
+def _is_int(value):
+    """Return whether value is a JSON integer (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    """Return whether value is a JSON number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_prompt(value):
+    """Return whether value is a legacy prompt: a string, or a non-empty array of strings, of token ids, or of arrays
+    of token ids."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(item, str) for item in value):
+        return True
+    if all(_is_int(item) and item >= 0 for item in value):
+        return True
+    return all(isinstance(item, list) and item and all(_is_int(t) and t >= 0 for t in item) for item in value)
+
+
+# The legacy completion parameters whose type is checked here, with what they must be (null always allowed); the
+# upstream judges the values, and passes on any parameter not listed.
+COMPLETION_PARAMS = {
+    "max_tokens": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "n": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "best_of": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "logprobs": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "seed": ("an integer", _is_int),
+    "temperature": ("a number", _is_number),
+    "top_p": ("a number", _is_number),
+    "presence_penalty": ("a number", _is_number),
+    "frequency_penalty": ("a number", _is_number),
+    "echo": ("a boolean", lambda v: isinstance(v, bool)),
+    "stream": ("a boolean", lambda v: isinstance(v, bool)),
+    "stream_options": ("an object", lambda v: isinstance(v, dict)),
+    "logit_bias": ("an object", lambda v: isinstance(v, dict)),
+    "suffix": ("a string", lambda v: isinstance(v, str)),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "stop": (
+        "a string or an array of strings",
+        lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+    ),
+}
+
+
+def validate_completion_body(body):
+    """Raise InvalidRequest unless body is a usable legacy text completion request (`POST /v1/completions`)."""
+    _validate_common(body)
+    if not _is_prompt(body.get("prompt")):
+        raise InvalidRequest(
+            "'prompt' is required and must be a string, or a non-empty array of strings, of token ids or of arrays "
+            "of token ids.",
+            param="prompt",
+        )
+    for name, (kind, valid) in COMPLETION_PARAMS.items():
+        value = body.get(name)
+        if value is not None and not valid(value):
+            raise InvalidRequest(f"'{name}' must be {kind}.", param=name)

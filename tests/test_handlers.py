@@ -11,14 +11,29 @@ from chatvault_site.handlers import LEAN_PATHS, is_api_path
 from experiments.api import FeedbackView
 from routing import api
 
-LEAN = ["/v1/chat/completions", "/v1/models", "/v1/models/vault-test", "/v1/models/openai/gpt-4o-mini", "/v1/feedback",
-        "/healthz"]
+LEAN = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/models/vault-test",
+    "/v1/models/openai/gpt-4o-mini",
+    "/v1/models/recommend",
+    "/v1/feedback",
+    "/healthz",
+]
+# Each public route is served without /v1 too, on the same lean handler.
+LEAN += [path.removeprefix("/v1") for path in LEAN if path.startswith("/v1/")]
 NOT_LEAN = [
     "/v1/admin/load-balancer/stats",
     "/v1/admin/anything-new",
     "/v1/new-endpoint",
     "/v1/chat/completions/",
+    "/chat/completions/",
+    "/v1/completions/",
     "/v1/modelsx",
+    "/modelsx",
+    "/embeddings",
+    "/feedback/",
     "/v1/",
     "/healthz/",
     "/admin/",
@@ -26,7 +41,14 @@ NOT_LEAN = [
 ]
 # The views made lean on purpose: async, authenticated from the snapshot, no database on the event loop's thread
 # (feedback reads on threads of its own). Add one only after checking that.
-LEAN_VIEWS = {api.ChatCompletionsView, api.ModelsView, api.ModelDetailView, api.RecommendView, FeedbackView}
+LEAN_VIEWS = {
+    api.ChatCompletionsView,
+    api.CompletionsView,
+    api.ModelsView,
+    api.ModelDetailView,
+    api.RecommendView,
+    FeedbackView,
+}
 
 
 @pytest.mark.parametrize("path", LEAN)
@@ -39,7 +61,7 @@ def test_other_paths_are_served_by_django(path):
     assert not is_api_path(path)
 
 
-@pytest.mark.parametrize("path", sorted(LEAN_PATHS) + ["/v1/models/vault-test"])
+@pytest.mark.parametrize("path", sorted(LEAN_PATHS) + ["/v1/models/vault-test", "/models/vault-test"])
 def test_the_lean_routes_are_the_views_that_never_use_the_database(path):
     match = resolve(path)
     assert getattr(match.func, "view_class", None) in LEAN_VIEWS or match.func is api.healthz
@@ -65,9 +87,16 @@ DJANGO_MARK = "X-Frame-Options"
     "method, path",
     [
         ("POST", "/v1/chat/completions"),
+        ("POST", "/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/completions"),
         ("GET", "/v1/models"),
+        ("GET", "/models"),
         ("GET", "/v1/models/vault-test"),
+        ("GET", "/models/vault-test"),
+        ("POST", "/models/recommend"),
         ("POST", "/v1/feedback"),
+        ("POST", "/feedback"),
         ("GET", "/healthz"),
     ],
 )
@@ -80,7 +109,13 @@ def test_the_lean_routes_answer_without_djangos_middleware(gateway, method, path
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "path, lean",
-    [("/v1/new-endpoint", False), ("/v1/admin/nothing-here", False), ("/v1/models/", True)],
+    [
+        ("/v1/new-endpoint", False),
+        ("/v1/admin/nothing-here", False),
+        ("/v1/models/", True),
+        ("/models/", True),
+        ("/embeddings", False),
+    ],
 )
 def test_unknown_api_paths_answer_404_in_openai_shape_on_either_handler(gateway, path, lean):
     status, headers, body = gateway.request("GET", path)

@@ -2,7 +2,9 @@
 
 The client's JSON body is forwarded with only `model` replaced (and stream usage requested), the answer's bytes
 are relayed without re-modelling, and stream chunks are relayed as they arrive; usage is tapped from the one chunk
-that carries it.
+that carries it. Legacy text completions (`POST {api_base}/completions`, `legacy_complete` / `legacy_stream`) go
+the same way: only the path differs, and their answers and chunks have the same `choices`, `finish_reason` and
+`usage` the relay reads.
 """
 
 import asyncio
@@ -16,12 +18,15 @@ from routing.adapters import (
     Completion,
     StreamChunk,
     UpstreamFailure,
+    _masked,
     retry_after_seconds,
 )
 
 logger = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
+CHAT_PATH = "chat/completions"
+LEGACY_PATH = "completions"
 
 
 def _error_message(status, raw):
@@ -67,8 +72,8 @@ class OpenAICompatAdapter:
             await self._session.close()
         self._session = None
 
-    def _request(self, instance, body, stream):
-        """Return (url, headers, payload bytes) for a call to this instance."""
+    def _request(self, instance, body, stream, path):
+        """Return (url, headers, payload bytes) for a call to this instance's path."""
         base = instance.api_base or OPENAI_COMPATIBLE_KINDS.get(instance.provider_kind)
         if not base:
             raise UpstreamFailure("connection", f"instance {instance.id} has no api_base configured")
@@ -80,11 +85,11 @@ class OpenAICompatAdapter:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
         if instance.api_key:
             headers["Authorization"] = f"Bearer {instance.api_key}"
-        return f"{base.rstrip('/')}/chat/completions", headers, json.dumps(payload, separators=(",", ":")).encode()
+        return f"{base.rstrip('/')}/{path}", headers, json.dumps(payload, separators=(",", ":")).encode()
 
-    async def _post(self, instance, body, stream):
+    async def _post(self, instance, body, stream, path):
         """Send the request and return the response once its status is known to be a success."""
-        url, headers, payload = self._request(instance, body, stream)
+        url, headers, payload = self._request(instance, body, stream, path)
         try:
             # Never follow a redirect: it would replay the request, upstream key included, to another host.
             resp = await self.session().post(url, data=payload, headers=headers, allow_redirects=False)
@@ -105,9 +110,9 @@ class OpenAICompatAdapter:
             )
         return resp
 
-    async def complete(self, instance, body):
-        """Return the upstream's chat.completion."""
-        resp = await self._post(instance, body, stream=False)
+    async def complete(self, instance, body, path=CHAT_PATH):
+        """Return the upstream's chat.completion (or text_completion, for the legacy path)."""
+        resp = await self._post(instance, body, stream=False, path=path)
         try:
             raw = await resp.read()
         except aiohttp.ClientError as exc:
@@ -122,9 +127,9 @@ class OpenAICompatAdapter:
             raise UpstreamFailure("bad_response", "upstream answered without choices")
         return Completion(body=raw, data=data)
 
-    async def stream(self, instance, body):
+    async def stream(self, instance, body, path=CHAT_PATH):
         """Yield the upstream's chunks as they arrive."""
-        resp = await self._post(instance, body, stream=True)
+        resp = await self._post(instance, body, stream=True, path=path)
         finished = done = False
         try:
             async for line in resp.content:
@@ -191,3 +196,23 @@ class OpenAICompatAdapter:
 
 
 adapter = OpenAICompatAdapter()
+
+
+async def legacy_complete(instance, body):
+    """Return the instance's legacy text completion for body; raise UpstreamFailure (secrets masked) on failure."""
+    try:
+        return await adapter.complete(instance, body, LEGACY_PATH)
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
+
+
+async def legacy_stream(instance, body):
+    """Yield the instance's legacy text completion chunks; raise UpstreamFailure (secrets masked) on failure."""
+    chunks = adapter.stream(instance, body, LEGACY_PATH)
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
+    finally:
+        await chunks.aclose()
