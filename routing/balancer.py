@@ -11,12 +11,23 @@ from collections.abc import Sequence
 
 from routing.models import RoutingStrategy
 
+# Every routing_strategy LiteLLM documents (litellm.types.router.RoutingStrategy and the Router's own list), mapped.
 ALIASES = {
     "simple-shuffle": RoutingStrategy.WEIGHTED,
     "least-busy": RoutingStrategy.LEAST_LOADED,
     "latency-based-routing": RoutingStrategy.LATENCY_BASED,
+    "usage-based-routing": RoutingStrategy.USAGE_BASED,
+    "usage-based-routing-v2": RoutingStrategy.USAGE_BASED,
+    "cost-based-routing": RoutingStrategy.COST_BASED,
+    "provider-budget-routing": RoutingStrategy.WEIGHTED,
+    "lar1": RoutingStrategy.WEIGHTED,
     "roundrobin": RoutingStrategy.ROUND_ROBIN,
     "round_robin": RoutingStrategy.ROUND_ROBIN,
+}
+# LiteLLM strategies ChatVault only approximates, and what is lost (the config import warns with it).
+APPROXIMATED = {
+    "provider-budget-routing": "provider budgets are not enforced, deployments are picked by weight",
+    "lar1": "LAR-1 confidence routing is not supported, deployments are picked by weight",
 }
 
 
@@ -42,6 +53,15 @@ class Candidate:
     weight: float = 1.0
     in_flight: int = 0
     latency_ms: float | None = None  # EWMA of latency (or TTFT for streams); None when not yet measured
+    headroom: float | None = None  # share of its tightest rpm/tpm limit still free this minute; None: no limit
+    tokens_used: int = 0  # tokens it was sent in the last minute
+    cost: float | None = None  # price per token (input + output); None when unknown
+
+
+def usage(rpm, tpm, requests, tokens):
+    """Return the Candidate fields of an instance's use this minute: headroom under its limits and tokens used."""
+    shares = [1.0 - used / limit for limit, used in ((rpm, requests), (tpm, tokens)) if limit]
+    return {"headroom": max(0.0, min(shares)) if shares else None, "tokens_used": tokens}
 
 
 def round_robin(candidates, counter, rng):
@@ -87,12 +107,38 @@ def latency_based(candidates, counter, rng):
     return first if first.latency_ms * (first.in_flight + 1) <= second.latency_ms * (second.in_flight + 1) else second
 
 
+def usage_based(candidates, counter, rng):
+    """Return the candidate with the most rpm/tpm headroom this minute (an instance without limits counts as wholly
+    free), then the fewest tokens used, rotating among ties (LiteLLM's usage-based-routing)."""
+
+    def free(c):
+        return 1.0 if c.headroom is None else c.headroom
+
+    most = max(free(c) for c in candidates)
+    roomiest = [c for c in candidates if free(c) == most]
+    fewest = min(c.tokens_used for c in roomiest)
+    tied = [c for c in roomiest if c.tokens_used == fewest]
+    return tied[counter % len(tied)]
+
+
+def cost_based(candidates, counter, rng):
+    """Return the cheapest candidate (unknown prices last), rotating among ties (LiteLLM's cost-based-routing)."""
+    known = [c for c in candidates if c.cost is not None]
+    if not known:
+        return round_robin(candidates, counter, rng)
+    cheapest = min(c.cost for c in known)
+    tied = [c for c in known if c.cost == cheapest]
+    return tied[counter % len(tied)]
+
+
 STRATEGIES = {
     RoutingStrategy.ROUND_ROBIN: round_robin,
     RoutingStrategy.RANDOM: random_choice,
     RoutingStrategy.WEIGHTED: weighted,
     RoutingStrategy.LEAST_LOADED: least_loaded,
     RoutingStrategy.LATENCY_BASED: latency_based,
+    RoutingStrategy.USAGE_BASED: usage_based,
+    RoutingStrategy.COST_BASED: cost_based,
 }
 
 

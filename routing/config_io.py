@@ -26,6 +26,7 @@ export -> import round-trips without a secret ever being printed.
 """
 
 import dataclasses
+import json
 import math
 from decimal import Decimal
 
@@ -37,12 +38,23 @@ from django.db import transaction
 from experiments import config as experiments_config
 from routing import metadata, secrets
 from routing.adapters import OPENAI_COMPATIBLE_KINDS
-from routing.balancer import normalize_strategy
+from routing.balancer import APPROXIMATED, normalize_strategy
 from routing.models import Model, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
 
-TOP_LEVEL_KEYS = ("model_list", "router_settings", "model_routing")
-ENTRY_KEYS = ("model_name", "litellm_params", "model_info")
+TOP_LEVEL_KEYS = ("model_list", "router_settings", "litellm_settings", "model_routing")
+# LiteLLM's load_balancer.yaml puts rpm/tpm beside litellm_params; litellm_params' own win.
+ENTRY_KEYS = ("model_name", "litellm_params", "model_info", "rpm", "tpm")
 PARAM_KEYS = ("model", "api_base", "api_key", "weight", "rpm", "tpm", "timeout", "stream_timeout")
+# Provider-specific litellm_params, stored per instance (ProviderInstance.params / secret_params) and passed to
+# litellm on every call, as LiteLLM's router does. Names with a SECRET_PARAM_WORDS word are credentials.
+PROVIDER_PARAM_KEYS = (
+    "custom_llm_provider", "api_version", "organization", "extra_headers", "max_retries", "region_name",
+    "aws_region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_session_name",
+    "aws_profile_name", "aws_role_name", "aws_web_identity_token", "aws_sts_endpoint", "aws_external_id",
+    "aws_bedrock_runtime_endpoint", "vertex_project", "vertex_location", "vertex_credentials", "azure_ad_token",
+    "tenant_id", "client_id", "client_secret", "azure_scope", "azure_username", "azure_password",
+    "watsonx_region_name", "project_id", "space_id",
+)  # fmt: skip
 # model_info keys LiteLLM itself reads for a deployment; ChatVault keeps them per model, on these Model fields.
 METADATA_KEYS = {
     "max_input_tokens": "context_window",
@@ -53,7 +65,10 @@ METADATA_KEYS = {
     "output_cost_per_token": "output_cost_per_mtok",
 }
 INFO_KEYS = ("id", "enabled", *METADATA_KEYS)
-ROUTER_KEYS = ("routing_strategy", "fallbacks", "context_window_fallbacks")
+# router_settings / litellm_settings keys mapped to gateway-wide settings (router_settings wins where both set one).
+SETTINGS_KEYS = ("num_retries", "timeout", "request_timeout", "allowed_fails", "cooldown_time")
+ROUTER_KEYS = ("routing_strategy", "fallbacks", "context_window_fallbacks", "model_group_alias", *SETTINGS_KEYS)
+LITELLM_SETTINGS_KEYS = ("model_group_alias", *SETTINGS_KEYS)
 # router_settings lists of {model: [fallback models]}, stored on these Model fields.
 FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks")
 MODEL_ROUTING_KEYS = ("auto_select", "capabilities", "experiments")
@@ -71,10 +86,12 @@ _validate_url = URLValidator(schemes=["http", "https"])
 
 
 class ConfigError(Exception):
-    """A routing configuration that cannot be imported; `errors` names each bad entry."""
+    """A routing configuration that cannot be imported; `errors` names each bad entry, `warnings` what the file's
+    valid part would ignore (so a user fixes a file in one pass)."""
 
-    def __init__(self, errors):
+    def __init__(self, errors, warnings=()):
         self.errors = list(errors)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.errors))
 
 
@@ -113,7 +130,10 @@ class _Entry:
     kind: str
     litellm_model: str
     api_base: str
+    api_base_env: str  # api_base: os.environ/NAME, read at snapshot time
     api_key: str | None  # None keeps the key the instance already has
+    params: dict  # provider parameters: plain values and os.environ/ references
+    secret_params: dict  # literal credentials; "" clears one; a credential left out keeps the stored one
     weight: float
     rpm: int | None
     tpm: int | None
@@ -136,6 +156,8 @@ class _Plan:
     metadata: dict[str, dict]  # model name -> Model metadata field -> value (None = not overridden)
     fallbacks: dict[str, dict[str, list[str]]]  # fallbacks / context_window_fallbacks -> model -> fallback models
     experiments: list | None  # experiments.config.ExperimentSpec; None: the file leaves experiments as they are
+    settings: dict  # RoutingSettings field -> value, from router_settings / litellm_settings
+    aliases: dict[str, str]  # model_group_alias: alias model name -> the model serving it
 
 
 def load_config_file(path):
@@ -185,6 +207,8 @@ def routing_config_export(*, include_secrets: bool = False) -> dict:
         "router_settings": {
             "routing_strategy": row.default_strategy if row else str(RoutingStrategy.ROUND_ROBIN),
             **_export_fallbacks(listed),
+            **_export_settings(row or RoutingSettings()),
+            **_export_aliases(listed),
         },
         "model_routing": {
             "auto_select": row.auto_select if row else False,
@@ -243,6 +267,12 @@ def _parse(data):
     named = {name for name in named if isinstance(name, str)}
     strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
     fallbacks = _parse_fallbacks(data.get("router_settings"), named, errors)
+    litellm_settings = _parse_litellm_settings(data.get("litellm_settings"), errors, warnings)
+    router = data.get("router_settings") if isinstance(data.get("router_settings"), dict) else {}
+    settings, default_timeout = _parse_settings(router, litellm_settings, errors)
+    aliases = _parse_aliases(router.get("model_group_alias", litellm_settings.get("model_group_alias")), named, errors)
+    if default_timeout is not None:
+        entries = [e if e.timeout is not None else dataclasses.replace(e, timeout=default_timeout) for e in entries]
     auto_select, capabilities, experiments = _parse_model_routing(data.get("model_routing"), named, errors, warnings)
     by_model = {}
     for entry in entries:
@@ -250,7 +280,7 @@ def _parse(data):
     model_metadata = {name: _model_metadata(name, by_model[name], warnings) for name in model_names}
 
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, warnings)
     plan = _Plan(
         entries=entries,
         model_names=model_names,
@@ -260,6 +290,8 @@ def _parse(data):
         metadata=model_metadata,
         fallbacks=fallbacks,
         experiments=experiments,
+        settings=settings,
+        aliases=aliases,
     )
     return plan, warnings
 
@@ -297,7 +329,10 @@ def _parse_entry(index, raw, errors, unused):
     elif not isinstance(info, dict):
         problems.append("model_info must be a mapping")
         info = {}
-    for section, mapping, known in (("litellm_params", params, PARAM_KEYS), ("model_info", info, INFO_KEYS)):
+    for section, mapping, known in (
+        ("litellm_params", params, (*PARAM_KEYS, *PROVIDER_PARAM_KEYS)),
+        ("model_info", info, INFO_KEYS),
+    ):
         for key in mapping:
             if key not in known:
                 unused.setdefault(f"{section}.{key}", []).append(index)
@@ -319,11 +354,13 @@ def _parse_entry(index, raw, errors, unused):
         elif len(kind) > Provider._meta.get_field("kind").max_length:
             problems.append(f"litellm_params.model {litellm_model!r} has a provider prefix that is too long")
 
-    api_base = params.get("api_base")
+    api_base, api_base_env = params.get("api_base"), ""
     if api_base is None:
         api_base = ""
     elif not isinstance(api_base, str):
         problems.append("litellm_params.api_base must be a URL string")
+    elif api_base.startswith(secrets.ENV_PREFIX):
+        api_base_env, api_base = _env_name(api_base, "api_base", problems) or "", ""
     elif api_base:
         try:
             _validate_url(api_base)
@@ -337,15 +374,19 @@ def _parse_entry(index, raw, errors, unused):
         if not isinstance(api_key, str):
             problems.append("litellm_params.api_key must be a string (omit it to keep the stored key)")
         elif api_key.startswith(secrets.ENV_PREFIX):
-            env_name = secrets.env_reference_name(api_key)
-            if not env_name:
-                problems.append("litellm_params.api_key os.environ/ reference names no variable")
-            elif len(env_name) > ProviderInstance._meta.get_field("api_key_env").max_length:
-                problems.append("litellm_params.api_key environment variable name is too long")
+            _env_name(api_key, "api_key", problems)
+    provider_params, secret_params = _provider_params(params, problems)
+    if isinstance(provider_params.get("custom_llm_provider"), str) and kind:
+        # LiteLLM calls the provider it names whatever the model string's prefix says.
+        kind = provider_params["custom_llm_provider"]
 
     weight = _number(params, "weight", problems, minimum=0)
     rpm = _count(params, "rpm", problems)
     tpm = _count(params, "tpm", problems)
+    if rpm is None:
+        rpm = _count(raw, "rpm", problems, section="")
+    if tpm is None:
+        tpm = _count(raw, "tpm", problems, section="")
     timeout = _number(params, "timeout", problems, positive=True)
     stream_timeout = _number(params, "stream_timeout", problems, positive=True)
 
@@ -372,7 +413,10 @@ def _parse_entry(index, raw, errors, unused):
         kind=kind,
         litellm_model=litellm_model,
         api_base=api_base,
+        api_base_env=api_base_env,
         api_key=api_key,
+        params=provider_params,
+        secret_params=secret_params,
         weight=1.0 if weight is None else float(weight),
         rpm=rpm,
         tpm=tpm,
@@ -477,15 +521,56 @@ def _number(params, key, problems, *, minimum=None, positive=False):
     return None
 
 
-def _count(params, key, problems):
-    """Return litellm_params[key] as a non-negative whole number or None when absent; add a problem if invalid."""
+def _count(params, key, problems, *, section="litellm_params."):
+    """Return params[key] as a non-negative whole number or None when absent; add a problem if invalid."""
     value = params.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
-        problems.append(f"litellm_params.{key} must be a whole number from 0 to {MAX_INT}, not {value!r}")
+        problems.append(f"{section}{key} must be a whole number from 0 to {MAX_INT}, not {value!r}")
         return None
     return value
+
+
+def _env_name(value, key, problems):
+    """Return NAME of an `os.environ/NAME` value of litellm_params[key], or None after adding a problem."""
+    name = secrets.env_reference_name(value)
+    if not name:
+        problems.append(f"litellm_params.{key} os.environ/ reference names no variable")
+    elif len(name) > ProviderInstance._meta.get_field("api_key_env").max_length:
+        problems.append(f"litellm_params.{key} environment variable name is too long")
+    else:
+        return name
+    return None
+
+
+def _provider_params(params, problems):
+    """Return (plain values and references, literal credentials) of an entry's provider-specific litellm_params."""
+    plain, secret = {}, {}
+    for key in PROVIDER_PARAM_KEYS:
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) and value.startswith(secrets.ENV_PREFIX):
+            if _env_name(value, key, problems):
+                plain[key] = value
+        elif key == "max_retries":
+            if _count(params, key, problems) is not None:
+                plain[key] = value
+        elif key == "extra_headers":
+            if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                plain[key] = value
+            else:
+                problems.append("litellm_params.extra_headers must be a mapping of header names to strings")
+        elif key == "vertex_credentials" and isinstance(value, dict):
+            secret[key] = value  # a service account's JSON, inline
+        elif not isinstance(value, str):
+            problems.append(f"litellm_params.{key} must be a string, not {value!r}")
+        elif secrets.is_secret_param(key):
+            secret[key] = value
+        elif value:
+            plain[key] = value
+    return plain, secret
 
 
 def _parse_router_settings(raw, errors, warnings):
@@ -503,10 +588,90 @@ def _parse_router_settings(raw, errors, warnings):
         errors.append(f"router_settings.routing_strategy must be a string, not {name!r}")
         return RoutingStrategy.ROUND_ROBIN
     try:
-        return normalize_strategy(name)
+        strategy = normalize_strategy(name)
     except ValueError as exc:
         errors.append(f"router_settings.routing_strategy: {exc}")
         return RoutingStrategy.ROUND_ROBIN
+    if name and name.strip().lower() in APPROXIMATED:
+        warnings.append(
+            f"router_settings.routing_strategy {name!r}: {APPROXIMATED[name.strip().lower()]}; using {strategy}"
+        )
+    return strategy
+
+
+def _parse_litellm_settings(raw, errors, warnings):
+    """Return the litellm_settings keys ChatVault maps (see SETTINGS_KEYS), warning once for each other key."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append("litellm_settings must be a mapping")
+        return {}
+    for key in raw:
+        if key not in LITELLM_SETTINGS_KEYS:
+            warnings.append(f"litellm_settings.{key} is not used by ChatVault; ignored")
+    return {key: raw[key] for key in LITELLM_SETTINGS_KEYS if raw.get(key) is not None}
+
+
+def _parse_settings(router, litellm_settings, errors):
+    """Return (RoutingSettings field -> value, default instance timeout) from router_settings and litellm_settings.
+
+    router_settings wins where both set a key. A key left out means the field's default, as for any desired state.
+    LiteLLM's meanings: num_retries retries after the first attempt; a deployment cools down after more than
+    allowed_fails failures, for cooldown_time seconds; timeout (router_settings) or request_timeout (litellm_settings)
+    bounds each call of an entry that sets no timeout of its own.
+    """
+    field = RoutingSettings._meta.get_field
+    result = {
+        "max_attempts": field("max_attempts").default,
+        "breaker_consecutive_failures": field("breaker_consecutive_failures").default,
+        "breaker_cooldown_seconds": field("breaker_cooldown_seconds").default,
+    }
+    values, problems = {}, []
+    for key in SETTINGS_KEYS:
+        section, source = (
+            ("router_settings", router) if router.get(key) is not None else ("litellm_settings", litellm_settings)
+        )
+        if source.get(key) is None:
+            continue
+        if key in ("num_retries", "allowed_fails"):
+            values[key] = _count(source, key, problems, section=f"{section}.")
+        else:
+            found = []
+            values[key] = _number(source, key, found, positive=True)
+            problems += [p.replace("litellm_params.", f"{section}.") for p in found]
+    errors.extend(problems)
+    if values.get("num_retries") is not None:
+        result["max_attempts"] = min(values["num_retries"], MAX_INT - 1) + 1
+    if values.get("allowed_fails") is not None:
+        result["breaker_consecutive_failures"] = min(values["allowed_fails"], MAX_INT - 1) + 1
+    if values.get("cooldown_time") is not None:
+        result["breaker_cooldown_seconds"] = float(values["cooldown_time"])
+    timeout = values.get("timeout") or values.get("request_timeout")
+    return result, None if timeout is None else float(timeout)
+
+
+def _parse_aliases(raw, model_names, errors):
+    """Return {alias: model} from model_group_alias (LiteLLM: `alias: model` or `alias: {model: ..., hidden: ...}`)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append("model_group_alias must be a mapping of alias to model name")
+        return {}
+    aliases = {}
+    for alias, target in raw.items():
+        if isinstance(target, dict):
+            target = target.get("model")
+        if not isinstance(alias, str) or not alias.strip() or not isinstance(target, str):
+            errors.append(f"model_group_alias.{alias}: must name a model (alias: model, or alias: {{model: ...}})")
+        elif target not in model_names:
+            errors.append(f"model_group_alias.{alias}: model {target!r} is not in model_list")
+        elif alias == target:
+            errors.append(f"model_group_alias.{alias}: a model cannot be its own alias")
+        elif len(alias) > Model._meta.get_field("name").max_length:
+            errors.append(f"model_group_alias.{alias}: the alias is too long")
+        else:
+            aliases[alias] = target
+    return aliases
 
 
 def _parse_fallbacks(raw, model_names, errors):
@@ -543,6 +708,23 @@ def _parse_fallbacks(raw, model_names, errors):
                     continue
                 result[key][name] = list(dict.fromkeys(targets))
     return result
+
+
+def _export_settings(row):
+    """Return the router_settings keys that the gateway-wide settings map to (see `_parse_settings`)."""
+    return {
+        "num_retries": row.max_attempts - 1,
+        "allowed_fails": row.breaker_consecutive_failures - 1,
+        "cooldown_time": _plain(row.breaker_cooldown_seconds),
+    }
+
+
+def _export_aliases(listed):
+    """Return model_group_alias for the enabled models served by an exported model (none: nothing)."""
+    aliases = dict(
+        Model.objects.filter(enabled=True, served_by__in=listed).order_by("name").values_list("name", "served_by")
+    )
+    return {"model_group_alias": aliases} if aliases else {}
 
 
 def _export_fallbacks(listed):
@@ -598,14 +780,18 @@ def _apply(plan, report):
     """Write the plan to the database, counting what changed in report."""
     models = {model.name: model for model in Model.objects.all()}
     was_enabled = {name for name, model in models.items() if model.enabled}
-    listed = set(plan.model_names)
+    listed = set(plan.model_names) | set(plan.aliases)
+    # A model_group_alias that is no model of the list is a model of its own, with no instances, served by its target.
+    alias_only = [name for name in plan.aliases if name not in plan.metadata]
+    unset_metadata = dict.fromkeys(METADATA_KEYS.values())
 
-    for name in plan.model_names:
+    for name in [*plan.model_names, *alias_only]:
         desired = {
             "enabled": True,
             "capabilities": plan.capabilities.get(name, []),
-            **plan.metadata[name],
+            **plan.metadata.get(name, unset_metadata),
             **{key: plan.fallbacks[key].get(name, []) for key in FALLBACK_KEYS},
+            "served_by": plan.aliases.get(name, ""),
         }
         model = models.get(name)
         if model is None:
@@ -663,6 +849,9 @@ def _apply_entry(entry, instance, model, providers, report):
         "provider_id": provider.pk,
         "litellm_model": entry.litellm_model,
         "api_base": entry.api_base,
+        "api_base_env": entry.api_base_env,
+        "params": entry.params,
+        "secret_params": _desired_secret_params(entry, instance),
         "weight": entry.weight,
         "rpm": entry.rpm,
         "tpm": entry.tpm,
@@ -671,7 +860,7 @@ def _apply_entry(entry, instance, model, providers, report):
         "enabled": entry.enabled,
     }
     if instance is None:
-        instance = ProviderInstance(**desired)
+        instance = ProviderInstance(**desired)  # secret_params: the entry's literals, encrypted above
         if entry.instance_id:
             instance.id = entry.instance_id
         if entry.api_key is not None:
@@ -683,6 +872,28 @@ def _apply_entry(entry, instance, model, providers, report):
     if key_changed:
         instance.set_api_key(entry.api_key)
     _save_changes(instance, desired, report, f"instance {instance.id}", extra=API_KEY_FIELDS if key_changed else ())
+
+
+def _desired_secret_params(entry, instance):
+    """Return the encrypted credential parameters the instance should hold: the entry's literals (a stored one
+    that decrypts to the same value is kept as is, so an unchanged file saves nothing), plus the stored ones the
+    entry leaves out (an export leaves literals out), minus those it clears ("") or now gives as references."""
+    stored = dict(instance.secret_params) if instance is not None else {}
+    desired = {name: token for name, token in stored.items() if name not in entry.params}
+    for name, value in entry.secret_params.items():
+        if value == "":
+            desired.pop(name, None)
+        elif name not in desired or not _secret_param_matches(instance, name, value):
+            desired[name] = secrets.encrypt(json.dumps(value))
+    return desired
+
+
+def _secret_param_matches(instance, name, value):
+    """Return whether the instance's encrypted credential parameter decrypts to value."""
+    try:
+        return instance.secret_param(name) == value
+    except ImproperlyConfigured:
+        return False
 
 
 def _key_matches(instance, value):
@@ -724,7 +935,7 @@ def _provider_for(entry, providers, report):
 
 def _apply_settings(plan, report):
     """Create or update the gateway-wide routing settings."""
-    desired = {"default_strategy": str(plan.strategy), "auto_select": plan.auto_select}
+    desired = {"default_strategy": str(plan.strategy), "auto_select": plan.auto_select, **plan.settings}
     # Not RoutingSettings.load(): creating the row with defaults first would be a second, needless write.
     row = RoutingSettings.objects.filter(pk=1).first()
     if row is None:
@@ -770,8 +981,13 @@ def _count_created(report, label):
 def _export_entry(instance, *, include_secrets):
     """Return the model_list entry for one instance, with only the fields it sets."""
     params = {"model": instance.litellm_model}
-    if instance.api_base:
+    if instance.api_base_env:
+        params["api_base"] = secrets.env_reference(instance.api_base_env)
+    elif instance.api_base:
         params["api_base"] = instance.api_base
+    params.update(instance.params)
+    if include_secrets:
+        params.update({name: instance.secret_param(name) for name in instance.secret_params})
     reference = instance.api_key_reference()
     if reference:
         params["api_key"] = reference

@@ -4,6 +4,7 @@ The configuration tables are read on the hot path only through `routing.snapshot
 them bumps `ConfigRevision`, which each worker polls to rebuild its in-process snapshot.
 """
 
+import json
 import secrets as pysecrets
 import uuid
 
@@ -21,6 +22,8 @@ class RoutingStrategy(models.TextChoices):
     RANDOM = "random", "Random"
     WEIGHTED = "weighted", "Weighted random (by instance weight)"
     LATENCY_BASED = "latency-based", "Latency-based (power of two choices on EWMA)"
+    USAGE_BASED = "usage-based", "Usage-based (most rpm/tpm headroom this minute)"
+    COST_BASED = "cost-based", "Cost-based (cheapest instance)"
 
 
 class ConfigRevision(models.Model):
@@ -313,6 +316,28 @@ class ProviderInstance(UpstreamSecret):
     api_base = models.URLField(
         "API base", max_length=500, blank=True, default="", help_text="Overrides the provider's."
     )
+    api_base_env = models.CharField(
+        "API base variable",
+        max_length=128,
+        blank=True,
+        default="",
+        help_text="Environment variable holding the endpoint (api_base: os.environ/NAME); wins over API base.",
+    )
+    params = models.JSONField(
+        "provider parameters",
+        default=dict,
+        blank=True,
+        help_text=(
+            "Provider-specific litellm_params passed to litellm on every call (api_version, aws_region_name, "
+            "vertex_project, extra_headers, …); a value may be an os.environ/NAME reference. Credentials go below."
+        ),
+    )
+    secret_params = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="Credential litellm_params (names with key, secret, token, credentials, password), each encrypted.",
+    )
     weight = models.FloatField(default=1.0)
     rpm = models.PositiveIntegerField(
         "RPM limit", null=True, blank=True, help_text="Requests per minute it takes (all workers); then it is skipped."
@@ -344,8 +369,39 @@ class ProviderInstance(UpstreamSecret):
         return f"{self.id} ({self.litellm_model})"
 
     def effective_api_base(self):
-        """Return the endpoint this instance calls: its own, else its provider's."""
+        """Return the endpoint this instance calls: its own (read from the environment if a reference), else its
+        provider's."""
+        if self.api_base_env:
+            return secrets.resolve_env(self.api_base_env) or ""
         return self.api_base or self.provider.api_base
+
+    def set_secret_param(self, name, value):
+        """Store a credential parameter: an os.environ/NAME reference as-is in params, a literal encrypted."""
+        self.params = {k: v for k, v in self.params.items() if k != name}
+        self.secret_params = {k: v for k, v in self.secret_params.items() if k != name}
+        if value in (None, ""):
+            return
+        if secrets.env_reference_name(value):
+            self.params[name] = value
+        else:
+            self.secret_params[name] = secrets.encrypt(json.dumps(value))
+
+    def secret_param(self, name):
+        """Return the literal value of an encrypted credential parameter (None if not stored)."""
+        token = self.secret_params.get(name)
+        return json.loads(secrets.decrypt(token)) if token else None
+
+    def resolved_params(self):
+        """Return every provider parameter as litellm takes it: references read from the environment, credentials
+        decrypted; a reference to an unset variable is left out (litellm then uses its own default)."""
+        resolved = {}
+        for name, value in self.params.items():
+            value = secrets.resolve_references(value)
+            if value is not None:
+                resolved[name] = value
+        for name in self.secret_params:
+            resolved[name] = self.secret_param(name)
+        return resolved
 
     def effective_api_key(self):
         """Return the key this instance uses: its own, else its provider's."""

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 ENV_PREFIX = "os.environ/"
+# A litellm_params name with one of these in it holds a credential.
+SECRET_PARAM_WORDS = ("key", "secret", "token", "credentials", "password")
 
 
 @functools.cache
@@ -63,3 +65,24 @@ def env_reference(name):
 def resolve_env(name):
     """Return the value of the environment variable NAME in the gateway's environment, or None."""
     return settings.CHATVAULT_UPSTREAM_ENV.get(name) or None
+
+
+def resolve_references(value):
+    """Return value with every `os.environ/NAME` string in it (inside lists and mappings too) read from the
+    environment; a reference to an unset variable becomes None (and is left out of a mapping)."""
+    if isinstance(value, str):
+        name = env_reference_name(value)
+        return resolve_env(name) if name else value
+    if isinstance(value, dict):
+        resolved = {k: resolve_references(v) for k, v in value.items()}
+        return {k: v for k, v in resolved.items() if v is not None}
+    if isinstance(value, list):
+        return [resolve_references(v) for v in value]
+    return value
+
+
+def is_secret_param(name):
+    """Return whether a litellm_params name holds a credential (stored encrypted, masked, exported only as a
+    reference)."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_PARAM_WORDS)

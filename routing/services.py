@@ -231,7 +231,12 @@ class ChatRequest:
             raise self._no_capacity(now)
         views = [
             balancer.Candidate(
-                id=i.id, weight=i.weight, in_flight=st.total_in_flight(i.id), latency_ms=st.latency_ms(i.id)
+                id=i.id,
+                weight=i.weight,
+                in_flight=st.total_in_flight(i.id),
+                latency_ms=st.latency_ms(i.id),
+                **balancer.usage(i.rpm, i.tpm, *st.used(i.id, now)),
+                cost=i.price_per_token,
             )
             for i in usable
         ]

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from routing import adapters, health, metadata, scoring
+from routing import adapters, health, metadata, scoring, secrets
 from routing.models import (
     ApiKey,
     ConfigRevision,
@@ -55,10 +55,23 @@ class InstanceConfig:
     output_cost_per_token: Decimal | None
     drained: bool = False
     breaker_reset_at: float | None = None
+    # Provider-specific litellm_params, resolved (ProviderInstance.resolved_params); not part of the hash.
+    params: dict = dataclasses.field(default_factory=dict, hash=False)
 
     def secrets(self):
         """Return every credential of this instance, for masking in texts that leave the adapter."""
-        return (self.api_key,)
+        found = [self.api_key]
+        for name, value in self.params.items():
+            if secrets.is_secret_param(name):
+                found.extend(_strings(value))
+        return tuple(found)
+
+    @property
+    def price_per_token(self):
+        """Return the input plus output price per token (what cost-based routing compares), or None if unknown."""
+        if self.input_cost_per_token is None and self.output_cost_per_token is None:
+            return None
+        return float((self.input_cost_per_token or 0) + (self.output_cost_per_token or 0))
 
     @property
     def upstream_model(self):
@@ -142,10 +155,22 @@ class Snapshot:
         return self.type_weights.get(context_type, self.selection_weights)
 
 
+def _strings(value):
+    """Return every string inside a parameter value (a credential may be a mapping, e.g. vertex_credentials)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def instance_config(inst, model):
     """Return the hot-path view of one ProviderInstance."""
     # What a call served here costs: the model's price when it sets one, else this instance's upstream's own.
     prices = metadata.for_model(model, [inst.litellm_model])
+    params = inst.resolved_params()
     return InstanceConfig(
         id=inst.id,
         model=model.name,
@@ -153,7 +178,9 @@ def instance_config(inst, model):
         litellm_model=inst.litellm_model,
         api_base=(inst.effective_api_base() or None),
         api_key=inst.effective_api_key(),
-        openai_compatible=inst.provider.openai_compatible,
+        # The pass-through speaks plain OpenAI: provider parameters (api_version, organization, extra_headers, …)
+        # are honoured only by litellm, so an instance that sets any goes through it.
+        openai_compatible=inst.provider.openai_compatible and not params,
         weight=inst.weight,
         rpm=inst.rpm,
         tpm=inst.tpm,
@@ -163,6 +190,7 @@ def instance_config(inst, model):
         output_cost_per_token=prices.output_cost_per_token,
         drained=inst.drained,
         breaker_reset_at=inst.breaker_reset_at.timestamp() if inst.breaker_reset_at else None,
+        params=params,
     )
 
 

@@ -2,7 +2,9 @@
 
 Known OpenAI parameters are passed to `litellm.acompletion` as keyword arguments; every other field of the client's
 body goes in `extra_body`, so a client can never set litellm's own keyword arguments (credentials, callbacks,
-`custom_llm_provider`, mock responses, …).
+`custom_llm_provider`, mock responses, …). Those come only from the instance: its provider parameters
+(`InstanceConfig.params`: api_version, aws_*, vertex_*, extra_headers, …) are passed as given, and win over the
+client's fields.
 
 Upstream redirects are never followed: a 307 would replay the request, upstream key included, to whatever host the
 upstream names. litellm's own HTTP clients follow them, so it is given clients that do not (see `_litellm`), and a
@@ -97,11 +99,11 @@ def _http_handler():
 
 
 @functools.cache
-def _provider(model, api_base):
+def _provider(model, api_base, custom_llm_provider=None):
     """Return the provider litellm calls for a model name, or None if litellm does not know it."""
     litellm = _litellm()
     try:
-        return litellm.get_llm_provider(model=model, api_base=api_base)[1]
+        return litellm.get_llm_provider(model=model, api_base=api_base, custom_llm_provider=custom_llm_provider)[1]
     except litellm.BadRequestError:  # acompletion will say so in its own words
         return None
 
@@ -153,7 +155,11 @@ class LiteLLMAdapter:
         extra = {k: v for k, v in body.items() if k not in OPENAI_PARAMS and k not in GATEWAY_FIELDS}
         if extra:
             kwargs["extra_body"] = extra
-        kwargs.update(model=instance.litellm_model, stream=stream, num_retries=0, max_retries=0)
+        # The gateway retries and fails over itself; an instance's own max_retries (its provider parameters) is the
+        # one exception, passed on as configured.
+        kwargs.update(max_retries=0)
+        kwargs.update(instance.params)
+        kwargs.update(model=instance.litellm_model, stream=stream, num_retries=0)
         if stream:
             kwargs["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         if instance.api_base:
@@ -161,7 +167,8 @@ class LiteLLMAdapter:
         if instance.api_key:
             kwargs["api_key"] = instance.api_key
         kwargs["timeout"] = instance.timeout
-        if _provider(instance.litellm_model, instance.api_base) in HTTP_HANDLER_PROVIDERS:
+        provider = _provider(instance.litellm_model, instance.api_base, instance.params.get("custom_llm_provider"))
+        if provider in HTTP_HANDLER_PROVIDERS:
             kwargs["client"] = _http_handler()
         return kwargs
 

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from routing.balancer import Candidate, choose, normalize_strategy
+from routing.balancer import STRATEGIES, Candidate, choose, normalize_strategy, usage
 
 A, B, C = Candidate("a"), Candidate("b"), Candidate("c")
 
@@ -68,6 +68,11 @@ def test_no_candidates_gives_none():
         ("simple-shuffle", "weighted"),
         ("least-busy", "least-loaded"),
         ("latency-based-routing", "latency-based"),
+        ("usage-based-routing", "usage-based"),
+        ("usage-based-routing-v2", "usage-based"),
+        ("cost-based-routing", "cost-based"),
+        ("provider-budget-routing", "weighted"),
+        ("lar1", "weighted"),
         ("Round-Robin", "round-robin"),
         ("", "round-robin"),
     ],
@@ -77,5 +82,44 @@ def test_litellm_names_are_accepted_as_aliases(name, canonical):
 
 
 def test_unknown_strategy_is_refused():
-    with pytest.raises(ValueError, match="unknown routing strategy 'usage-based'"):
-        normalize_strategy("usage-based")
+    with pytest.raises(ValueError, match="unknown routing strategy 'fastest'"):
+        normalize_strategy("fastest")
+
+
+def test_every_strategy_litellm_documents_is_mapped():
+    # litellm.types.router.RoutingStrategy and the Router's routing_strategy Literal, as of litellm 1.110.
+    documented = ["simple-shuffle", "least-busy", "usage-based-routing", "usage-based-routing-v2",
+                  "latency-based-routing", "cost-based-routing", "provider-budget-routing", "lar1"]  # fmt: skip
+    for name in documented:
+        assert normalize_strategy(name) in STRATEGIES
+
+
+def test_usage_based_picks_the_most_headroom_this_minute():
+    # a: 90 of 100 rpm used; b: 10 of 20 used (half free); c: 100 of 1000 tpm used.
+    cands = [
+        Candidate("a", **usage(100, None, 90, 0)),
+        Candidate("b", **usage(20, None, 10, 500)),
+        Candidate("c", **usage(None, 1000, 3, 100)),
+    ]
+    assert [c["headroom"] for c in (usage(100, None, 90, 0), usage(20, None, 10, 500))] == [
+        pytest.approx(0.1),
+        0.5,
+    ]
+    assert picks("usage-based", cands, n=10) == {"c": 10}
+
+
+def test_usage_based_takes_the_tighter_of_rpm_and_tpm():
+    assert usage(100, 1000, 10, 900)["headroom"] == pytest.approx(0.1)
+    assert usage(100, 1000, 100, 2000)["headroom"] == 0.0
+    assert usage(None, None, 5, 50) == {"headroom": None, "tokens_used": 50}
+
+
+def test_usage_based_prefers_fewer_tokens_among_unlimited_and_rotates_ties():
+    cands = [Candidate("a", tokens_used=500), Candidate("b", tokens_used=100), Candidate("c", tokens_used=100)]
+    assert picks("usage-based", cands, n=10) == {"b": 5, "c": 5}
+
+
+def test_cost_based_picks_the_cheapest_known_price():
+    cands = [Candidate("a", cost=3e-6), Candidate("b", cost=1e-6), Candidate("c"), Candidate("d", cost=1e-6)]
+    assert picks("cost-based", cands, n=10) == {"b": 5, "d": 5}
+    assert picks("cost-based", [Candidate("x"), Candidate("y")], n=4) == {"x": 2, "y": 2}

@@ -171,10 +171,12 @@ def test_it_imports_a_realistic_litellm_config():
     assert row.default_strategy == "weighted"
     assert row.auto_select is False
 
+    assert row.max_attempts == 3  # router_settings.num_retries: 2 retries after the first attempt
+
     assert (report.created, report.updated, report.disabled) == (2 + 3 + 2 + 1, 0, 0)
-    assert any(w.startswith("litellm_settings ") for w in report.warnings)
+    assert "litellm_settings.drop_params is not used by ChatVault; ignored" in report.warnings
+    assert "litellm_settings.success_callback is not used by ChatVault; ignored" in report.warnings
     assert any(w.startswith("general_settings ") for w in report.warnings)
-    assert any("router_settings.num_retries" in w for w in report.warnings)
     assert any("model_list[1]" in w and "litellm_params.max_parallel_requests" in w for w in report.warnings)
     assert len(report.warnings) == 4
 
@@ -382,6 +384,9 @@ def test_export_writes_the_import_format():
         "routing_strategy": "weighted",
         "fallbacks": [{"vault-gpt-4o-mini": ["vault-claude"]}],
         "context_window_fallbacks": [{"vault-gpt-4o-mini": ["vault-claude"]}],
+        "num_retries": 2,
+        "allowed_fails": 4,
+        "cooldown_time": 10,
     }
     assert exported["model_routing"] == {
         "auto_select": False,
@@ -595,7 +600,7 @@ def test_the_import_command_prints_one_line_per_warning_and_a_summary(tmp_path):
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert len(warnings) == 5
     assert "warning: model_routing.budgets is not used by ChatVault; ignored" in warnings
-    assert any(line.startswith("warning: litellm_settings ") for line in warnings)
+    assert "warning: litellm_settings.drop_params is not used by ChatVault; ignored" in warnings
     assert lines[-1] == "8 created, 0 updated, 0 disabled, 0 unchanged, 5 warnings"
     assert len(lines) == 6
     assert Model.objects.count() == 2
@@ -806,3 +811,265 @@ def test_router_fallbacks_are_stored_on_the_model_they_belong_to():
     del data["router_settings"]["fallbacks"]
     routing_config_import(data=data)
     assert Model.objects.get(name="vault-gpt-4o-mini").fallbacks == [], "the file is the desired state"
+
+
+PROVIDERS = """\
+model_list:
+  - model_name: vault-azure
+    litellm_params:
+      model: azure/gpt-4o
+      api_base: os.environ/AZURE_API_BASE
+      api_key: os.environ/AZURE_API_KEY
+      api_version: os.environ/AZURE_API_VERSION
+      organization: org-42
+      extra_headers: {X-Team: research}
+      max_retries: 2
+    model_info: {id: az-1}
+  - model_name: vault-bedrock
+    litellm_params:
+      model: bedrock/anthropic.claude-3-haiku
+      aws_region_name: us-east-1
+      aws_access_key_id: AKIA-literal-1234
+      aws_secret_access_key: os.environ/AWS_SECRET_ACCESS_KEY
+      aws_session_token: session-literal-5678
+    model_info: {id: br-1}
+    rpm: 30
+    tpm: 9000
+  - model_name: vault-vertex
+    litellm_params:
+      model: vertex_ai/gemini-1.5-pro
+      vertex_project: os.environ/VERTEXAI_PROJECT
+      vertex_location: us-central1
+      vertex_credentials: {type: service_account, private_key: "-----BEGIN KEY-----abc"}
+    model_info: {id: vx-1}
+  - model_name: vault-custom
+    litellm_params:
+      model: my-llama
+      custom_llm_provider: hosted_vllm
+      api_base: http://127.0.0.1:8000/v1
+    model_info: {id: cu-1}
+router_settings:
+  routing_strategy: usage-based-routing-v2
+  num_retries: 4
+  allowed_fails: 2
+  cooldown_time: 30
+  model_group_alias: {gpt-4o: vault-azure, vault-custom: {model: vault-vertex, hidden: true}}
+litellm_settings:
+  request_timeout: 45
+  num_retries: 9
+"""
+
+UPSTREAM_ENV = {
+    "AZURE_API_BASE": "http://127.0.0.1:9100/azure",
+    "AZURE_API_KEY": "az-key-from-env",
+    "AZURE_API_VERSION": "2024-06-01",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-from-env",
+    "VERTEXAI_PROJECT": "proj-7",
+}
+
+
+def providers():
+    """Return the provider-specific config as a fresh mapping."""
+    return yaml.safe_load(PROVIDERS)
+
+
+@pytest.mark.django_db
+def test_os_environ_references_in_any_string_field_are_stored_as_references():
+    report = routing_config_import(data=providers())
+
+    az = ProviderInstance.objects.get(pk="az-1")
+    assert (az.api_base, az.api_base_env) == ("", "AZURE_API_BASE")
+    assert az.params["api_version"] == "os.environ/AZURE_API_VERSION"
+    assert ProviderInstance.objects.get(pk="vx-1").params["vertex_project"] == "os.environ/VERTEXAI_PROJECT"
+    assert not [w for w in report.warnings if "model_list" in w], report.warnings
+
+
+@pytest.mark.django_db
+def test_references_are_resolved_when_the_snapshot_is_built(settings):
+    from routing import snapshot
+
+    settings.CHATVAULT_UPSTREAM_ENV = UPSTREAM_ENV
+    routing_config_import(data=providers())
+
+    models = snapshot.build().models
+    az = models["vault-azure"].instances[0]
+    assert (az.api_base, az.api_key) == ("http://127.0.0.1:9100/azure", "az-key-from-env")
+    assert az.params == {
+        "api_version": "2024-06-01",
+        "organization": "org-42",
+        "extra_headers": {"X-Team": "research"},
+        "max_retries": 2,
+    }
+    br = models["vault-bedrock"].instances[0]
+    assert br.params == {
+        "aws_region_name": "us-east-1",
+        "aws_access_key_id": "AKIA-literal-1234",
+        "aws_secret_access_key": "aws-secret-from-env",
+        "aws_session_token": "session-literal-5678",
+    }
+    assert set(br.secrets()) >= {"AKIA-literal-1234", "aws-secret-from-env", "session-literal-5678"}
+    vx = models["vault-vertex"].instances[0]
+    assert vx.params["vertex_project"] == "proj-7"
+    assert "-----BEGIN KEY-----abc" in vx.secrets()
+    # Provider parameters are litellm's: the pass-through would drop them.
+    assert not az.openai_compatible and not models["vault-custom"].instances[0].openai_compatible
+
+    settings.CHATVAULT_UPSTREAM_ENV = {}
+    az = snapshot.build().models["vault-azure"].instances[0]
+    assert az.api_base is None and "api_version" not in az.params
+
+
+@pytest.mark.django_db
+def test_literal_credential_params_are_encrypted_and_plain_ones_kept_as_given():
+    routing_config_import(data=providers())
+
+    br = ProviderInstance.objects.get(pk="br-1")
+    assert br.params == {"aws_region_name": "us-east-1", "aws_secret_access_key": "os.environ/AWS_SECRET_ACCESS_KEY"}
+    assert set(br.secret_params) == {"aws_access_key_id", "aws_session_token"}
+    assert "literal" not in str(br.secret_params)
+    assert br.secret_param("aws_session_token") == "session-literal-5678"
+    vx = ProviderInstance.objects.get(pk="vx-1")
+    assert vx.secret_param("vertex_credentials") == {"type": "service_account", "private_key": "-----BEGIN KEY-----abc"}
+    cu = ProviderInstance.objects.get(pk="cu-1")
+    assert (cu.provider.kind, cu.params) == ("hosted_vllm", {"custom_llm_provider": "hosted_vllm"})
+
+
+@pytest.mark.django_db
+def test_entry_level_rpm_tpm_router_and_litellm_settings_are_honoured():
+    report = routing_config_import(data=providers())
+
+    br = ProviderInstance.objects.get(pk="br-1")
+    assert (br.rpm, br.tpm) == (30, 9000)
+    row = RoutingSettings.load()
+    assert row.default_strategy == "usage-based"
+    # router_settings wins over litellm_settings; LiteLLM's num_retries are retries after the first attempt.
+    assert (row.max_attempts, row.breaker_consecutive_failures, row.breaker_cooldown_seconds) == (5, 3, 30.0)
+    # request_timeout is every entry's timeout unless it sets its own.
+    assert set(ProviderInstance.objects.values_list("timeout", flat=True)) == {45.0}
+    assert report.warnings == []
+
+
+@pytest.mark.django_db
+def test_model_group_alias_is_a_model_served_by_its_target():
+    routing_config_import(data=providers())
+
+    alias = Model.objects.get(name="gpt-4o")
+    assert (alias.enabled, alias.served_by, alias.instances.count()) == (True, "vault-azure", 0)
+    assert Model.objects.get(name="vault-custom").served_by == "vault-vertex"
+    assert Model.objects.get(name="vault-azure").served_by == ""
+
+    data = providers()
+    del data["router_settings"]["model_group_alias"]
+    routing_config_import(data=data)
+    assert not Model.objects.get(name="gpt-4o").enabled
+    assert Model.objects.get(name="vault-custom").served_by == ""
+
+
+@pytest.mark.django_db
+def test_provider_params_export_secrets_only_as_references_and_round_trip():
+    routing_config_import(data=providers())
+    before = db_state()
+    stored = dict(ProviderInstance.objects.get(pk="br-1").secret_params)
+
+    exported = routing_config_export()
+    text = yaml.safe_dump(exported)
+    for literal in ("AKIA-literal-1234", "session-literal-5678", "BEGIN KEY"):
+        assert literal not in text
+    by_id = {e["model_info"]["id"]: e["litellm_params"] for e in exported["model_list"]}
+    assert by_id["br-1"]["aws_secret_access_key"] == "os.environ/AWS_SECRET_ACCESS_KEY"
+    assert by_id["az-1"]["api_base"] == "os.environ/AZURE_API_BASE"
+    assert by_id["az-1"]["extra_headers"] == {"X-Team": "research"}
+    assert exported["router_settings"]["model_group_alias"] == {"gpt-4o": "vault-azure", "vault-custom": "vault-vertex"}
+
+    report = routing_config_import(data=yaml.safe_load(text))
+    assert not report.changed, report.changes
+    assert db_state() == before
+    assert ProviderInstance.objects.get(pk="br-1").secret_params == stored
+
+    with_secrets = {
+        e["model_info"]["id"]: e["litellm_params"] for e in routing_config_export(include_secrets=True)["model_list"]
+    }
+    assert with_secrets["br-1"]["aws_session_token"] == "session-literal-5678"
+
+
+@pytest.mark.django_db
+def test_a_credential_param_changes_clears_or_becomes_a_reference():
+    routing_config_import(data=providers())
+    data = providers()
+    params = data["model_list"][1]["litellm_params"]
+    params.update(aws_session_token="", aws_access_key_id="os.environ/AWS_ACCESS_KEY_ID")
+
+    report = routing_config_import(data=data)
+
+    br = ProviderInstance.objects.get(pk="br-1")
+    assert br.secret_params == {}
+    assert br.params["aws_access_key_id"] == "os.environ/AWS_ACCESS_KEY_ID"
+    assert report.changes == ["update instance br-1: params, secret_params"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("name", "canonical", "warned"),
+    [
+        ("usage-based-routing", "usage-based", False),
+        ("cost-based-routing", "cost-based", False),
+        ("least-busy", "least-loaded", False),
+        ("provider-budget-routing", "weighted", True),
+    ],
+)
+def test_every_litellm_strategy_imports(name, canonical, warned):
+    data = providers()
+    data["router_settings"]["routing_strategy"] = name
+
+    report = routing_config_import(data=data)
+
+    assert RoutingSettings.load().default_strategy == canonical
+    assert any("routing_strategy" in w for w in report.warnings) == warned
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda p: p.update(api_version="os.environ/"), "litellm_params.api_version os.environ/ reference names no"),
+        (lambda p: p.update(extra_headers=["X-A"]), "litellm_params.extra_headers must be a mapping"),
+        (lambda p: p.update(max_retries=-1), "litellm_params.max_retries must be a whole number"),
+        (lambda p: p.update(organization=42), "litellm_params.organization must be a string, not 42"),
+    ],
+)
+def test_bad_provider_params_are_refused_naming_the_entry(spoil, message):
+    data = providers()
+    spoil(data["model_list"][0]["litellm_params"])
+
+    with pytest.raises(ConfigError, match=re.escape(f"model_list[0] (vault-azure): {message}")):
+        routing_config_import(data=data)
+
+
+@pytest.mark.django_db
+def test_bad_settings_and_aliases_are_refused_naming_the_key():
+    data = providers()
+    data["router_settings"].update(num_retries="many", model_group_alias={"x": "vault-ghost"})
+    del data["router_settings"]["cooldown_time"]
+    data["litellm_settings"]["cooldown_time"] = -1
+
+    with pytest.raises(ConfigError) as info:
+        routing_config_import(data=data)
+
+    assert info.value.errors == [
+        "router_settings.num_retries must be a whole number from 0 to 2147483647, not 'many'",
+        "litellm_settings.cooldown_time must be positive, not -1",
+        "model_group_alias.x: model 'vault-ghost' is not in model_list",
+    ]
+
+
+@pytest.mark.django_db
+def test_the_import_command_prints_warnings_together_with_errors(tmp_path):
+    data = realistic()
+    data["model_list"][0]["litellm_params"]["weight"] = "heavy"
+
+    with pytest.raises(CommandError) as info:
+        run_import(write(tmp_path, data))
+
+    text = str(info.value)
+    assert "litellm_params.weight must be a number" in text
+    assert "warning: litellm_settings.drop_params is not used by ChatVault; ignored" in text

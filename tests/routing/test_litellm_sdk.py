@@ -19,11 +19,12 @@ from tests.helpers import MESSAGES
 BODY = {"messages": MESSAGES}
 
 
-def instance(fake, timeout=5.0, litellm_model="openai/gpt-4o-mini"):
+def instance(fake, timeout=5.0, litellm_model="openai/gpt-4o-mini", params=None):
     """Return the fields of an InstanceConfig the adapter reads, for an instance on the fake."""
     return types.SimpleNamespace(
-        id="i", litellm_model=litellm_model, api_base=fake.url, api_key=UPSTREAM_KEY, timeout=timeout
-    )
+        id="i", litellm_model=litellm_model, api_base=fake.url, api_key=UPSTREAM_KEY, timeout=timeout,
+        params=params or {},
+    )  # fmt: skip
 
 
 def complete(inst, body=BODY):
@@ -99,3 +100,13 @@ def test_our_own_bugs_inside_the_call_are_not_upstream_failures(fake, acompletio
         complete(instance(fake))
     with pytest.raises(type(bug)):
         stream(instance(fake))
+
+
+def test_an_instances_provider_params_reach_litellm_and_win_over_the_client(fake):
+    params = {"extra_headers": {"X-Deployment": "eu-1"}, "organization": "org-42", "max_retries": 0}
+    fake.clear_requests()
+
+    complete(instance(fake, params=params), {**BODY, "extra_headers": {"X-Deployment": "client"}})
+
+    # The client's field is only a body field (extra_body), never headers of the call.
+    assert fake.requests()[-1]["headers"]["x-deployment"] == "eu-1"

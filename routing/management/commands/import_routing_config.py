@@ -24,7 +24,9 @@ class Command(BaseCommand):
             data = load_config_file(options["file"])
             report = routing_config_import(data=data, dry_run=options["dry_run"])
         except ConfigError as exc:
-            raise CommandError(f"invalid routing config {options['file']}:\n  " + "\n  ".join(exc.errors)) from None
+            # The warnings too, so a user fixes the whole file in one pass.
+            lines = [*exc.errors, *(f"warning: {' '.join(w.split())}" for w in exc.warnings)]
+            raise CommandError(f"invalid routing config {options['file']}:\n  " + "\n  ".join(lines)) from None
         for warning in report.warnings:
             # One line per warning, so the output greps and diffs cleanly.
             self.stdout.write(f"warning: {' '.join(warning.split())}")
