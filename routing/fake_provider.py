@@ -49,6 +49,18 @@ Hostile upstreams (runtime config only)
     header it received, as careless upstreams do. ``usage`` (object): fields
     that replace the computed usage, e.g. ``{"prompt_tokens": -5}``.
     ``redirect_to`` (URL): answer chat requests with ``307`` to that URL.
+
+Misconfigured deployments (runtime config only)
+    ``reject``: ``invalid_model`` answers every chat request with 400 "Invalid
+    model name passed in model=<model>" (as a LiteLLM proxy does for a model it
+    does not serve); ``invalid_api_key`` answers chat requests and
+    ``/v1/models`` with 401 "Incorrect API key provided" (as OpenAI does). Both
+    in OpenAI's error shape; an explicit ``status`` knob replaces the status.
+    ``usage_chunk`` says where a stream's usage goes when
+    ``stream_options.include_usage`` is true: ``empty_choices`` (default, as
+    OpenAI: a last chunk with ``choices: []``), ``empty_delta`` (as LiteLLM-style
+    upstreams: a last chunk whose only choice has an empty delta and no
+    finish_reason) or ``finish`` (on the chunk that carries finish_reason).
 """
 
 from __future__ import annotations
@@ -69,9 +81,15 @@ from aiohttp import web
 
 DEFAULT_HOST = "127.0.0.1"
 FAULTS = ("hang", "stall", "garbage", "disconnect", "midstream_error")
+# reject mode -> (default status, OpenAI error code, message template).
+REJECTIONS = {
+    "invalid_model": (400, "model_not_found", "Invalid model name passed in model={model}."),
+    "invalid_api_key": (401, "invalid_api_key", "Incorrect API key provided."),
+}
+USAGE_CHUNKS = ("empty_choices", "empty_delta", "finish")
 KNOBS = (
     "status", "latency_ms", "chunk_delay_ms", "chunks", "error_rate", "fault", "retry_after", "echo_key", "usage",
-    "redirect_to",
+    "redirect_to", "reject", "usage_chunk",
 )  # fmt: skip
 MAX_RECORDS = 1000
 
@@ -129,6 +147,8 @@ class FakeConfig:
     echo_key: bool = False
     usage: dict | None = None
     redirect_to: str | None = None
+    reject: str | None = None
+    usage_chunk: str = "empty_choices"
     seed: int = 0
     models: tuple[str, ...] = ("fake-model",)
 
@@ -179,6 +199,11 @@ def validate_knob(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.startswith("http://"):
             raise InvalidKnob(f"redirect_to must be an http:// URL, got {value!r}")
         return value
+    if name in ("reject", "usage_chunk"):
+        choices = REJECTIONS if name == "reject" else USAGE_CHUNKS
+        if value not in choices:
+            raise InvalidKnob(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
     if name == "fault":
         value = str(value).strip().lower()
         if value in ("", "none"):
@@ -209,15 +234,17 @@ def completion_text(words: int) -> str:
     return "".join([f"fake{k} " for k in range(words)])
 
 
-def error_body(status: int, message: str | None = None, param: str | None = None) -> dict:
+def error_body(status: int, message: str | None = None, param: str | None = None, code: str | None = None) -> dict:
     """Return an OpenAI-shaped error body for ``status``."""
     default = (
         ("server_error", "server_error", "Fake provider error.")
         if status >= 500
         else ("invalid_request_error", "invalid_request_error", "Fake provider error.")
     )
-    kind, code, default_message = _ERRORS.get(status, default)
-    return {"error": {"message": message or default_message, "type": kind, "param": param, "code": code}}
+    kind, default_code, default_message = _ERRORS.get(status, default)
+    return {
+        "error": {"message": message or default_message, "type": kind, "param": param, "code": code or default_code}
+    }
 
 
 def _format_seconds(value: float) -> str:
@@ -265,6 +292,7 @@ class FakeProvider:
         retry_after: float | None = None,
         param: str | None = None,
         echo: str | None = None,
+        code: str | None = None,
     ) -> web.Response:
         """Build an OpenAI-shaped error response, with Retry-After when relevant (and the key echoed if asked)."""
         if echo:
@@ -276,10 +304,16 @@ class FakeProvider:
             headers["Retry-After"] = _format_seconds(retry_after)
         return web.Response(
             status=status,
-            body=json.dumps(error_body(status, message, param)).encode(),
+            body=json.dumps(error_body(status, message, param, code)).encode(),
             content_type=_JSON,
             headers=headers,
         )
+
+    def _rejection(self, knobs: dict, model: Any, echo: str | None = None) -> web.Response:
+        """Refuse the request the way an upstream refuses a deployment it is misconfigured for."""
+        default_status, code, template = REJECTIONS[knobs["reject"]]
+        status = knobs["status"] if knobs["status"] not in (None, 200) else default_status
+        return self._error(status, template.format(model=model), echo=echo, code=code)
 
     def _record(self, request: web.Request, body: Any) -> dict:
         """Log the request and return the per-request knob overrides found in its headers."""
@@ -355,6 +389,8 @@ class FakeProvider:
         if knobs["redirect_to"]:
             raise web.HTTPTemporaryRedirect(knobs["redirect_to"])
         status = knobs["status"]
+        if knobs["reject"]:
+            return self._rejection(knobs, body.get("model"), echo)
         if status is not None and status != 200:
             return self._error(status, retry_after=knobs["retry_after"], echo=echo)
         if failing:
@@ -450,18 +486,22 @@ class FakeProvider:
             await write(f'{head}{{"content":"fake{k} "}}{tail}'.encode())
         if stall_after >= 0:
             await _forever()
-        await write(f'{head}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]{usage_null}}}\n\n'.encode())
-        if include_usage:
-            usage = json.dumps(
-                {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": words,
-                    "total_tokens": prompt_tokens + words,
-                    **(knobs["usage"] or {}),
-                },
-                separators=(",", ":"),
-            )
+        usage = json.dumps(
+            {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": words,
+                "total_tokens": prompt_tokens + words,
+                **(knobs["usage"] or {}),
+            },
+            separators=(",", ":"),
+        )
+        placement = knobs["usage_chunk"] if include_usage else None
+        finish_usage = f',"usage":{usage}' if placement == "finish" else usage_null
+        await write(f'{head}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]{finish_usage}}}\n\n'.encode())
+        if placement == "empty_choices":
             await write(f'data: {{{common},"system_fingerprint":"fp_fake","choices":[],"usage":{usage}}}\n\n'.encode())
+        elif placement == "empty_delta":
+            await write(f'{head}{{}},"logprobs":null,"finish_reason":null}}],"usage":{usage}}}\n\n'.encode())
         await write(_DONE_EVENT)
         await response.write_eof()
         return response
@@ -526,6 +566,8 @@ class FakeProvider:
 
     async def models(self, request: web.Request) -> web.Response:
         """List the configured model names."""
+        if self.knobs["reject"] == "invalid_api_key":
+            return self._rejection(self.knobs, None)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "chatvault-fake"} for name in self.config.models
         ]

@@ -67,8 +67,9 @@ async def _probe(target, timeout):
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     return {
         "checked_at": checked_at,
-        # An upstream that refuses the probe's request (e.g. a model that rejects max_tokens=1) is up and answering.
-        "ok": not error or status_code in adapters.CLIENT_FAULT_STATUSES,
+        # Any non-2xx is a failed probe, a 400 included: a deployment whose model or key the upstream does not know
+        # answers 400 to every request, and a green check beside it would hide it.
+        "ok": not error,
         "status_code": status_code,
         "latency_ms": latency_ms,
         "error": storable.text(error, 1000),  # an upstream's words (masked by the adapter seam), shown in admin

@@ -15,7 +15,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from experiments import assignment as experiment_assignment
-from routing import adapters, analysis, balancer, pricing, request_log, runtime, selection, state, storable
+from routing import adapters, analysis, balancer, pricing, rejections, request_log, runtime, selection, state, storable
 from routing.adapters import CLIENT_FAULT_STATUSES, UpstreamFailure
 from routing.errors import (
     InvalidRequest,
@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 # Per-process rotation counters (each worker rotates through the usable instances on its own).
 _rotation = defaultdict(itertools.count)
 _rng = random.Random()
+# What an attempt's failure says: the instance failed (try another), or the upstream refused the request itself (one
+# more instance may say whether the request or the instance is at fault).
+FAILED, REFUSED = "failed", "refused"
+# The longest piece of an upstream's words kept in a breaker's reason.
+REASON_MESSAGE_CHARS = 120
 # The recommend endpoint lists this many models unless asked for more (up to the maximum).
 DEFAULT_RECOMMENDATIONS = 5
 MAX_RECOMMENDATIONS = 100
@@ -48,6 +53,11 @@ def failure_to_error(failure):
         if status == 429:
             headers = {"Retry-After": str(int(failure.retry_after + 0.999))} if failure.retry_after else {}
             return UpstreamRateLimited(headers=headers)
+        if status not in (408, 429) and rejections.about_deployment(failure.message):
+            return UpstreamError(
+                "The upstream provider refused this deployment's configuration (model, credentials or region).",
+                code="upstream_misconfigured",
+            )
         if status in CLIENT_FAULT_STATUSES:
             return InvalidRequest(
                 f"The upstream provider rejected the request: {failure.message}", code="upstream_rejected"
@@ -283,37 +293,63 @@ class ChatRequest:
         return ms
 
     def _attempt_failed(self, instance, began, exc):
-        """Record a failed attempt (breaker included) and return (client-facing error, may retry elsewhere)."""
+        """Record a failed attempt and return (client-facing error, FAILED or REFUSED).
+
+        A failure counts against the instance's breaker at once, except a refusal of the request (400/413/422) whose
+        message is not about the deployment: that one waits for a peer's verdict (`_failover`).
+        """
         st = self.state
         if isinstance(exc, TimeoutError):
             self._attempt_done(instance, began, "timeout")
             st.finished(instance.id, ok=False, detail="timeout")
-            return UpstreamTimeout(), True
+            return UpstreamTimeout(), FAILED
         if isinstance(exc, StopAsyncIteration):
             exc = UpstreamFailure("bad_response", "the upstream sent an empty stream")
         error = self._upstream_error(exc)
         self._attempt_done(instance, began, exc.kind, exc.status)
-        if exc.kind == "status" and exc.status in CLIENT_FAULT_STATUSES:
-            st.finished(instance.id, ok=False, counts=False)  # the client's fault says nothing of the instance
-            return error, False
+        misconfigured = exc.kind == "status" and rejections.about_deployment(exc.message)
+        if exc.kind == "status" and exc.status in CLIENT_FAULT_STATUSES and not misconfigured:
+            st.finished(instance.id, ok=False, counts=False)
+            return error, REFUSED
         detail = f"HTTP {exc.status}" if exc.status else exc.kind.replace("_", " ")
+        if misconfigured:
+            detail = f"misconfigured, {detail}: {exc.message[:REASON_MESSAGE_CHARS]}"
         retry_after = exc.retry_after if exc.status == 429 else None
         st.finished(instance.id, ok=False, detail=detail, retry_after=retry_after)
-        return error, True
+        return error, FAILED
 
-    def _may_retry(self, retryable):
-        """Return whether another instance may be tried (attempt cap and retry budget)."""
-        return retryable and len(self.attempts) < self.snapshot.max_attempts and self.budget.try_spend()
+    def _may_retry(self, verdict, cap):
+        """Return whether another instance may be tried (attempt cap, and the retry budget for failures)."""
+        if len(self.attempts) >= cap:
+            return False
+        # Checking a refusal on a peer is not a retry of a failure: it must not drain the budget outages rely on.
+        return verdict == REFUSED or self.budget.try_spend()
+
+    def _blame_refusals(self, refused):
+        """Count refusals of this request by instances of the model that then served it against those instances."""
+        now = time.time()
+        for model_name, instance, attempt, failure in refused:
+            if model_name != self.model.name:
+                continue  # another model serving it says nothing of this instance: models differ in what they accept
+            attempt["blamed"] = True
+            message = failure.message[:REASON_MESSAGE_CHARS]
+            detail = f"HTTP {failure.status} to a request another instance served: {message}"
+            self.state.observe(instance.id, ok=False, now=now, detail=detail)
 
     async def _failover(self, call):
         """Await call(instance) on one instance after another until one succeeds; return (instance, began, result).
 
-        A failed attempt is retried on another usable instance while the attempt cap and the retry budget allow it
-        and the failure is not the client's fault. The client gets the last attempt's error, or NoCapacity when no
-        instance was usable at all.
+        A failed attempt is retried on another usable instance while the attempt cap and the retry budget allow it.
+        A refusal of the request itself (400/413/422 whose words are not about the deployment) is tried on one more
+        instance, and never more: when that one serves it, the refusal counts against the instance that refused it
+        (a misconfigured deployment its peers cover for); when it refuses too, the request is the client's fault,
+        which reaches the client as a 400 and counts against no one. The client gets the last attempt's error, or
+        NoCapacity when no instance was usable at all.
         """
         st = self._begin()
         tried, last_error = [], None
+        refused = []  # (model name, instance, its attempt record, the failure) awaiting a peer's verdict
+        cap = self.snapshot.max_attempts
         while True:
             try:
                 instance = self.choose_instance(tried)
@@ -327,11 +363,15 @@ class ChatRequest:
             st.started(instance.id)
             try:
                 async with asyncio.timeout(instance.timeout):
-                    return instance, began, await call(instance)
+                    result = await call(instance)
             except (TimeoutError, UpstreamFailure, StopAsyncIteration) as exc:
-                last_error, retryable = self._attempt_failed(instance, began, exc)
+                last_error, verdict = self._attempt_failed(instance, began, exc)
                 tried.append(instance.id)
-                if not self._may_retry(retryable):
+                if verdict == REFUSED:
+                    refused.append((self.model.name, instance, self.attempts[-1], exc))
+                    # One more attempt to tell the request's fault from the instance's; a second refusal ends it.
+                    cap = min(cap, len(self.attempts) + 1)
+                if not self._may_retry(verdict, cap):
                     raise last_error from None
             except BaseException as exc:
                 # Cancelled, or a bug of ours (an adapter's own exceptions are handled above): the instance is not
@@ -339,6 +379,9 @@ class ChatRequest:
                 self._attempt_done(instance, began, "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
                 st.finished(instance.id, ok=False, counts=False)
                 raise
+            else:
+                self._blame_refusals(refused)
+                return instance, began, result
 
     def upstream_complete(self, instance):
         """Return the awaitable non-streaming upstream call of one attempt (legacy completions call another)."""

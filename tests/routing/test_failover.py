@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from routing.models import Outcome
-from tests.factories import breaker_states, make_key, make_model, set_instance, tune, wait_for_model
+from tests.factories import make_key, make_model, set_instance, tune, wait_for_model
 from tests.gateway import wait_until
 from tests.helpers import MESSAGES, wait_rows
 
@@ -185,20 +185,112 @@ def test_a_full_outage_does_not_multiply_upstream_traffic(gateway, pair, fake, f
     assert {r.status_code for r in rows} == {502}
 
 
-def test_a_client_error_is_not_retried_and_does_not_count_against_the_instance(gateway, pair, fake, fake_b):
-    chat, first, second = pair
+def instance_stats(gateway):
+    """Return {instance id: its entry in the load-balancer stats}."""
+    headers = {"Authorization": f"Bearer {make_key(name='stats', is_admin=True)}"}
+
+    def read():
+        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
+        return status == 200 and {i["id"]: i for m in json.loads(body)["models"] for i in m["instances"]}
+
+    return wait_until(read, timeout=10, message="load-balancer stats")
+
+
+def test_a_genuine_client_error_costs_one_extra_attempt_reaches_the_client_and_trips_no_breaker(gateway, fake,
+                                                                                                fake_b):  # fmt: skip
+    model = make_model("vault-trio", [fake, fake_b, fake_b])  # three instances: a third attempt would be possible
+    raw = make_key()
+    wait_for_model(gateway, raw, "vault-trio")
+    chat = Client(gateway, raw, "vault-trio")
     fake.set_config(status=400)
     fake_b.set_config(status=400)
-    # 12 refusals each: counted as failures, they would open both breakers (5 in a row, or half of 10 requests).
-    for _ in range(24):
-        with pytest.raises(openai.BadRequestError):
-            chat()
-    assert len(fake.requests()) == len(fake_b.requests()) == 12, "round-robin, and no retry"
-    states = breaker_states(gateway)
-    assert (states[first], states[second]) == ("closed", "closed")
+    # 12 refusals each: counted as failures, they would open the breakers (5 in a row, or half of 10 requests).
+    for i in range(18):
+        with pytest.raises(openai.BadRequestError) as exc:
+            chat(stream=i % 2 == 1)
+        assert exc.value.code == "upstream_rejected"
+        assert exc.value.body["message"] == (
+            "The upstream provider rejected the request: Fake provider rejected the request."
+        )
+    assert len(fake.requests()) + len(fake_b.requests()) == 36, "each request tried on two instances, never a third"
+    rows = wait_rows(18)
+    assert {(r.status_code, r.attempts) for r in rows} == {(400, 2)}
+    assert not any(a.get("blamed") for r in rows for a in r.decision["attempts"])
+    stats = instance_stats(gateway)
+    assert {stats[i]["state"] for i in model.instance_ids} == {"closed"}
     fake.reset_config()
     fake_b.reset_config()
-    assert len({chat() for _ in range(4)}) == 2, "both instances still in rotation"
+    assert len({chat() for _ in range(6)}) == 3, "every instance still in rotation"
+
+
+def test_a_client_error_of_a_model_with_one_instance_is_not_retried(gateway, fake):
+    make_model("vault-single", [fake])
+    raw = make_key()
+    wait_for_model(gateway, raw, "vault-single")
+    fake.set_config(status=422)
+    with pytest.raises(openai.BadRequestError):  # the gateway answers any upstream refusal as 400
+        Client(gateway, raw, "vault-single")()
+    assert len(fake.requests()) == 1
+    (row,) = wait_rows(1)
+    assert row.attempts == 1 and row.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("knobs", "status", "said"),
+    [
+        ({"reject": "invalid_model"}, 400, "Invalid model name passed in model="),
+        ({"reject": "invalid_api_key"}, 401, "Incorrect API key provided."),
+        ({"reject": "invalid_api_key", "status": 400}, 400, "Incorrect API key provided."),
+    ],
+)
+def test_a_misconfigured_instance_is_failed_over_and_its_breaker_opens_with_the_reason(gateway, pair, fake, knobs,
+                                                                                       status, said):  # fmt: skip
+    chat, bad, good = pair
+    fake.set_config(**knobs)
+    served = [chat(stream=i % 2 == 1) for i in range(20)]
+
+    assert set(served) == {good}, "every request served, by the good instance"
+    assert len(fake.requests()) == 5, "five rejections in a row opened the bad one's breaker"
+    entry = instance_stats(gateway)[bad]
+    assert entry["state"] == "open"
+    assert entry["reason"].startswith(f"5 consecutive failures, last: misconfigured, HTTP {status}: {said}")
+    rows = wait_rows(20)
+    assert {r.outcome for r in rows} == {Outcome.OK}
+    failed_over = [r for r in rows if r.attempts == 2]
+    assert len(failed_over) == 5
+    assert "Upstream said" not in failed_over[0].error_message
+    assert rows[-1].decision["skipped"][bad] == f"open: {entry['reason']}"
+
+
+def test_a_misconfigured_instance_alone_is_the_gateway_fault_not_the_client(gateway, fake):
+    make_model("vault-lone", [fake])
+    raw = make_key()
+    wait_for_model(gateway, raw, "vault-lone")
+    fake.set_config(reject="invalid_model")
+    with pytest.raises(openai.InternalServerError) as exc:
+        Client(gateway, raw, "vault-lone")()
+    assert exc.value.status_code == 502 and exc.value.code == "upstream_misconfigured"
+    (row,) = wait_rows(1)
+    assert "Upstream said: Invalid model name passed in model=" in row.error_message
+
+
+def test_a_refusal_its_peer_serves_counts_against_the_refusing_instance(gateway, pair, fake):
+    chat, bad, good = pair
+    fake.set_config(status=400)  # words that say nothing of the deployment: only its peers show it is at fault
+    served = [chat(stream=i % 2 == 1) for i in range(20)]
+
+    assert set(served) == {good}
+    assert len(fake.requests()) == 5
+    entry = instance_stats(gateway)[bad]
+    assert entry["state"] == "open"
+    assert entry["reason"] == (
+        "5 consecutive failures, last: "
+        "HTTP 400 to a request another instance served: Fake provider rejected the request."
+    )
+    rows = wait_rows(20)
+    failed_over = [r for r in rows if r.attempts == 2]
+    assert len(failed_over) == 5
+    assert failed_over[0].decision["attempts"][0]["blamed"] is True
 
 
 def test_a_drained_instance_gets_no_new_requests(gateway, pair, fake):

@@ -148,6 +148,56 @@ def test_stream_include_usage_adds_a_final_usage_chunk(fake):
     assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == expected_text(4)
 
 
+@pytest.mark.parametrize(
+    ("placement", "last_choices"),
+    [
+        ("empty_delta", [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}]),
+        ("finish", [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]),
+    ],
+)
+def test_usage_chunk_moves_the_stream_usage(fake, placement, last_choices):
+    fake.set_config(usage_chunk=placement)
+    body = {
+        "model": "m",
+        "messages": MESSAGES,
+        "stream": True,
+        "max_tokens": 2,
+        "stream_options": {"include_usage": True},
+    }
+    events = [json.loads(event) for event in sse_events(raw(fake, body)[1])[:-1]]
+
+    assert events[-1]["choices"] == last_choices
+    assert events[-1]["usage"] == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 2, "total_tokens": 9}
+    assert len(events) == 1 + 2 + (2 if placement == "empty_delta" else 1)
+    assert all(event["usage"] is None for event in events[:-1])
+
+
+@pytest.mark.parametrize(
+    ("knobs", "status", "code", "message"),
+    [
+        ({"reject": "invalid_model"}, 400, "model_not_found", "Invalid model name passed in model=gpt-x."),
+        ({"reject": "invalid_api_key"}, 401, "invalid_api_key", "Incorrect API key provided."),
+        (
+            {"reject": "invalid_model", "status": 404},
+            404,
+            "model_not_found",
+            "Invalid model name passed in model=gpt-x.",
+        ),
+    ],
+)
+def test_reject_answers_like_a_misconfigured_deployment(fake, knobs, status, code, message):
+    fake.set_config(**knobs)
+    for stream in (False, True):
+        response, payload = raw(fake, {"model": "gpt-x", "messages": MESSAGES, "stream": stream})
+        assert response.status == status
+        error = json.loads(payload)["error"]
+        assert (error["code"], error["message"]) == (code, message)
+    models_status = raw(fake, path="/v1/models", method="GET")[0].status
+    assert models_status == (status if knobs["reject"] == "invalid_api_key" else 200), "a bad key cannot list models"
+    fake.set_config(**{name: None for name in knobs})
+    assert raw(fake, {"model": "gpt-x", "messages": MESSAGES})[0].status == 200
+
+
 def test_stream_wire_format_is_sse_ending_with_done(fake):
     body = {"model": "m", "messages": MESSAGES, "stream": True}
     response, payload = raw(fake, body, headers={"x-fake-chunks": "2"})
@@ -258,6 +308,10 @@ def test_runtime_config_rejects_unknown_or_invalid_knobs(fake):
         fake.set_config(colour="red")
     with pytest.raises(AssertionError, match="400"):
         fake.set_config(fault="explode")
+    with pytest.raises(AssertionError, match="400"):
+        fake.set_config(reject="bad_vibes")
+    with pytest.raises(AssertionError, match="400"):
+        fake.set_config(usage_chunk="somewhere")
     assert fake.config()["fault"] is None
 
 

@@ -101,6 +101,30 @@ def test_it_records_an_error_status_without_the_key(recorder):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_any_status_but_2xx_is_a_failed_probe(recorder, status):
+    (instance_id,) = make_model("vault-probe", [recorder]).instance_ids
+    recorder.status = status
+    recorder.body = {"error": {"message": "Invalid model name passed in model=gpt-nope."}}
+
+    probe = instance_probe(instance_id=instance_id)
+
+    assert not probe.ok and probe.status_code == status
+    assert probe.error == f"HTTP {status}: Invalid model name passed in model=gpt-nope."
+
+
+@pytest.mark.django_db
+def test_a_litellm_probe_answered_400_is_a_failed_probe(fake):
+    (instance_id,) = make_model("vault-probe", [fake], adapter="litellm").instance_ids
+    fake.set_config(reject="invalid_model")
+
+    probe = instance_probe(instance_id=instance_id)
+
+    assert not probe.ok and probe.status_code == 400
+    assert "Invalid model name" in probe.error
+
+
+@pytest.mark.django_db
 def test_it_records_an_unreachable_instance():
     (instance_id,) = make_model("vault-probe", [dead_upstream()]).instance_ids
 
