@@ -546,9 +546,24 @@ def _json_bytes(value):
 
 
 def _without_usage(chunk):
-    """Return chunk without its usage (None when it carried nothing else), for clients that did not ask for it."""
+    """Return chunk without its usage (None when it carried nothing else), for clients that did not ask for it.
+
+    OpenAI sends usage on a last chunk with `choices: []`; LiteLLM-style upstreams on one whose choices have an
+    empty delta and no finish_reason. Either is a chunk the client never asked for, so it is dropped whole.
+    """
     if not chunk.has_choices:
         return None
     data = json.loads(chunk.data)
+    if not any(_carries_something(choice) for choice in data.get("choices") or ()):
+        return None
     data.pop("usage", None)
     return adapters.chunk_from_dict(data)
+
+
+def _carries_something(choice):
+    """Return whether a stream chunk's choice holds anything for the client: delta content, finish_reason, logprobs."""
+    if not isinstance(choice, dict):
+        return True  # not ours to judge: relay it
+    delta = choice.get("delta")
+    has_delta = any(delta.values()) if isinstance(delta, dict) else bool(delta)
+    return has_delta or bool(choice.get("finish_reason")) or bool(choice.get("logprobs"))

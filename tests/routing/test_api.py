@@ -252,6 +252,25 @@ def test_invalid_json_and_oversized_bodies(setup, gateway):
     assert [(r.status_code, r.outcome) for r in wait_rows(1)] == [(400, "client_error")]
 
 
+@pytest.mark.parametrize("placement", ["empty_choices", "empty_delta", "finish"])
+def test_a_client_that_did_not_ask_for_usage_gets_no_usage_chunk_wherever_the_upstream_puts_it(setup, fake,
+                                                                                               placement):  # fmt: skip
+    client, _ = setup
+    fake.set_config(usage_chunk=placement)  # LiteLLM-style upstreams send usage on a last chunk with an empty delta
+    with client.chat.completions.with_streaming_response.create(
+        model="vault-test", messages=MESSAGES, stream=True
+    ) as resp:
+        events = [e[len("data: ") :] for e in resp.read().decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all("usage" not in c or c["usage"] is None for c in chunks), "client did not ask for usage"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop", "nothing after the finish chunk"
+    assert all(c["choices"] for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == FAKE_TEXT
+    (row,) = wait_rows(1)
+    assert (row.outcome, row.prompt_tokens, row.completion_tokens) == (Outcome.OK, 3, 20), "usage still recorded"
+
+
 @pytest.mark.parametrize(
     "upstream_status, sdk_error, status",
     [
