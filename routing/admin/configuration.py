@@ -321,7 +321,22 @@ class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
     list_select_related = ("model", "provider")
     search_fields = ("id", "litellm_model", "model__name")
     fieldsets = (
-        (None, {"fields": ("id", "model", "provider", "litellm_model", "api_base", "weight", "enabled", "drained")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "model",
+                    "provider",
+                    "litellm_model",
+                    "api_base",
+                    "api_base_env",
+                    "weight",
+                    "enabled",
+                    "drained",
+                )
+            },
+        ),
         ("Live state", {"fields": ("breaker_state", "breaker_reason", "in_flight", "breaker_reset_at")}),
         ("Limits", {"fields": ("rpm", "tpm", "timeout", "stream_timeout")}),
         (
@@ -331,8 +346,16 @@ class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
                 "description": "Without a key of its own, the instance uses its provider's.",
             },
         ),
+        (
+            "Provider parameters",
+            {
+                "fields": ("params", "credentials", "credential_params"),
+                "description": "litellm_params passed to litellm on every call (config import/export keeps them). "
+                "An instance with any goes through litellm, never the OpenAI pass-through.",
+            },
+        ),
     )
-    readonly_fields = ("key", "breaker_state", "breaker_reason", "in_flight", "breaker_reset_at")
+    readonly_fields = ("key", "credentials", "breaker_state", "breaker_reason", "in_flight", "breaker_reset_at")
     actions = (enable_selected, disable_selected, reset_breaker, drain_selected, undrain_selected)
 
     def get_readonly_fields(self, request, obj=None):
@@ -350,6 +373,11 @@ class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
         """Return the endpoint the instance calls (its own, else its provider's)."""
         return obj.effective_api_base() or "—"
 
+    @admin.display(description="Stored credential parameters")
+    def credentials(self, obj):
+        """Return the names of the encrypted credential parameters (their values are never shown)."""
+        return ", ".join(sorted(obj.secret_params)) or "—"
+
     @admin.display(description="API key")
     def key(self, obj):
         """Return the safe description of the key in use, noting when it is the provider's."""
@@ -358,7 +386,6 @@ class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
         if obj.provider_id and obj.provider.has_api_key():
             return f"provider's ({obj.provider.api_key_display()})"
         return "—"
-
 
 
 @admin.register(RoutingSettings)

@@ -69,6 +69,15 @@ class ProviderInstanceForm(UpstreamSecretForm):
     clear_api_key = forms.BooleanField(
         label="Clear API key", required=False, help_text="Remove this instance's key so it uses its provider's."
     )
+    credential_params = forms.JSONField(
+        label="Set credential parameters",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
+        help_text=(
+            'Write-only, e.g. {"aws_secret_access_key": "…"}: each is stored encrypted (an os.environ/NAME value as a '
+            'reference); null or "" removes one. Names must contain key, secret, token, credentials or password.'
+        ),
+    )
 
     class Meta:
         model = ProviderInstance
@@ -78,6 +87,8 @@ class ProviderInstanceForm(UpstreamSecretForm):
             "provider",
             "litellm_model",
             "api_base",
+            "api_base_env",
+            "params",
             "weight",
             "rpm",
             "tpm",
@@ -86,6 +97,31 @@ class ProviderInstanceForm(UpstreamSecretForm):
             "enabled",
             "drained",
         )
+
+    def clean_params(self):
+        """Refuse credentials among the plain parameters (they belong in the write-only field) and non-mappings."""
+        params = self.cleaned_data.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValidationError('A mapping of litellm_params, e.g. {"api_version": "2024-06-01"}.')
+        literal = [k for k, v in params.items() if secrets.is_secret_param(k) and not secrets.env_reference_name(v)]
+        if literal:
+            raise ValidationError(f"Put {', '.join(literal)} in 'Set credential parameters' (stored encrypted).")
+        return params
+
+    def clean_credential_params(self):
+        """Accept only a mapping of credential names to values."""
+        value = self.cleaned_data.get("credential_params")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict) or not all(secrets.is_secret_param(k) for k in value):
+            raise ValidationError("A mapping of credential parameter names (with key, secret, token, …) to values.")
+        return value
+
+    def save(self, commit=True):
+        """Encrypt the credential parameters typed, then save as usual."""
+        for name, value in self.cleaned_data.get("credential_params", {}).items():
+            self.instance.set_secret_param(name, value)
+        return super().save(commit)
 
 
 class CommaSeparatedListField(forms.CharField):

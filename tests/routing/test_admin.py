@@ -708,3 +708,27 @@ def test_every_routing_setting_is_tunable_in_admin(admin_client):
     assert (row.breaker_consecutive_failures, row.health_check_interval_seconds) == (7, 0)
     assert row.selection_weight_cost == 0.2 and row.selection_type_weights["general_chat"]["cost"] == 0.3
     assert ConfigRevision.current_token() != before
+
+
+def test_instance_provider_params_are_editable_and_credentials_write_only(admin_client, model, provider):
+    data = instance_data(
+        model,
+        provider,
+        api_base_env="AZURE_API_BASE",
+        params='{"api_version": "2024-06-01", "aws_session_token": "os.environ/AWS_TOKEN"}',
+        credential_params='{"aws_secret_access_key": "aws-secret-typed-9876"}',
+    )
+    assert admin_client.post(url("providerinstance_add"), data).status_code == 302
+
+    instance = ProviderInstance.objects.get(id="inst-new")
+    assert instance.api_base_env == "AZURE_API_BASE"
+    assert instance.params == {"api_version": "2024-06-01", "aws_session_token": "os.environ/AWS_TOKEN"}
+    assert instance.secret_param("aws_secret_access_key") == "aws-secret-typed-9876"
+    page = admin_client.get(url("providerinstance_change", instance.pk)).content.decode()
+    assert "aws-secret-typed-9876" not in page and instance.secret_params["aws_secret_access_key"] not in page
+    assert "aws_secret_access_key" in page and "2024-06-01" in page
+
+    # A literal credential among the plain parameters is refused: it would be stored unencrypted.
+    bad = {**data, "id": "inst-new", "params": '{"aws_secret_access_key": "plain"}', "credential_params": ""}
+    response = admin_client.post(url("providerinstance_change", instance.pk), bad)
+    assert response.status_code == 200 and response.context["adminform"].form.errors
