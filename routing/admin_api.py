@@ -86,7 +86,11 @@ def latest_probes(instance_ids):
 
 
 def instance_stats(inst, routing_state, now, probe=None):
-    """Return one instance's breaker, load and latency as seen by this worker (pure)."""
+    """Return one instance's breaker, load and latency as seen by this worker (pure).
+
+    `requests`, `error_rate` and the latencies are client traffic; active probes, which feed the same breaker, are
+    counted apart in `probes` (ok and failed over the breaker window, and the latest stored result).
+    """
     breaker = routing_state.breaker(inst.id)
     current = breaker.current(now)
     return {
@@ -98,7 +102,10 @@ def instance_stats(inst, routing_state, now, probe=None):
         "drained": inst.drained,
         "in_flight": routing_state.total_in_flight(inst.id),
         **routing_state.summary(inst.id, now),
-        "last_probe": _probe_entry(probe) if probe is not None else None,
+        "probes": {
+            **routing_state.probe_counts(inst.id, now),
+            "last": _probe_entry(probe) if probe is not None else None,
+        },
     }
 
 
@@ -107,7 +114,7 @@ async def load_balancer_stats(*, snapshot, routing_state, now):
 
     Only the latest probes come from the database (one query, off the event loop); the rest is read from the
     snapshot and this worker's routing state, on the event loop that owns it. Without the database (or when it does
-    not answer within DATABASE_WAIT_SECONDS), `last_probe` is null: breaker states matter most during an outage, so
+    not answer within DATABASE_WAIT_SECONDS), `probes.last` is null: breaker states matter most during an outage, so
     they are still shown.
     """
     ids = [inst.id for model in snapshot.models.values() for inst in model.instances]

@@ -55,18 +55,23 @@ class BreakerState:
 
 @dataclasses.dataclass(slots=True)
 class Observations:
-    """One worker's recent results for an instance (local, never shared)."""
+    """One worker's recent results for an instance (local, never shared): client requests and probes alike."""
 
     consecutive_failures: int = 0
     trial_successes: int = 0
-    recent: deque = dataclasses.field(default_factory=deque)  # (time, ok), oldest first
+    recent: deque = dataclasses.field(default_factory=deque)  # (time, ok, probe), oldest first
     failures: int = 0  # failed results in `recent`, kept so the error ratio costs O(1)
+    probes: int = 0  # results in `recent` that were active probes, so client traffic can be told apart in O(1)
+    probe_failures: int = 0
 
-    def add(self, now, ok, window_seconds):
+    def add(self, now, ok, window_seconds, probe=False):
         """Record a result and forget those older than the window."""
-        self.recent.append((now, ok))
+        self.recent.append((now, ok, probe))
         if not ok:
             self.failures += 1
+        if probe:
+            self.probes += 1
+            self.probe_failures += not ok
         self.trim(now, window_seconds)
         if ok:
             self.consecutive_failures = 0
@@ -77,9 +82,12 @@ class Observations:
         """Forget results older than the window (amortised O(1): each result is dropped once)."""
         horizon = now - window_seconds
         while self.recent and self.recent[0][0] < horizon:
-            _, old_ok = self.recent.popleft()
+            _, old_ok, old_probe = self.recent.popleft()
             if not old_ok:
                 self.failures -= 1
+            if old_probe:
+                self.probes -= 1
+                self.probe_failures -= not old_ok
 
     def counts(self, now, window_seconds):
         """Return (results, failures) within the window ending now."""
@@ -89,7 +97,7 @@ class Observations:
     def clear(self):
         """Forget every result."""
         self.recent.clear()
-        self.failures = 0
+        self.failures = self.probes = self.probe_failures = 0
         self.consecutive_failures = 0
 
     def error_ratio(self):
@@ -109,13 +117,13 @@ def _open(state, policy, now, reason):
     return BreakerState(state=OPEN, reason=reason, until=now + _cooldown(policy, trips), trips=trips)
 
 
-def record(state, obs, policy, now, ok, detail=""):
-    """Return the breaker state after one result (obs is updated in place).
+def record(state, obs, policy, now, ok, detail="", probe=False):
+    """Return the breaker state after one result (obs is updated in place); `probe` marks an active probe's result.
 
     `detail` says what failed (e.g. "HTTP 503") and ends up in the reason an operator reads.
     """
     current = state.current(now)
-    obs.add(now, ok, policy.window_seconds)
+    obs.add(now, ok, policy.window_seconds, probe)
     if current == HALF_OPEN:
         if not ok:
             obs.trial_successes = 0

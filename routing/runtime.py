@@ -126,7 +126,7 @@ def _maintain_once(routing_state):
     while snapshot.probe_results:
         instance_id, ok, _checked_at, detail = snapshot.probe_results.popleft()
         # Fed at the time they arrive: breaker cooldowns and the results window run on the present.
-        routing_state.observe(instance_id, ok=ok, now=time.time(), detail=detail)
+        routing_state.observe(instance_id, ok=ok, now=time.time(), detail=detail, probe=True)
 
 
 async def _drain_requests():

@@ -80,15 +80,22 @@ class UsageWindow:
 
 def _results(obs, now, window_seconds):
     """Return (results, failures) of Observations within the window ending now (older ones skipped, not forgotten)."""
-    results, failures = len(obs.recent), obs.failures
+    results, failures, _, _ = _split_results(obs, now, window_seconds)
+    return results, failures
+
+
+def _split_results(obs, now, window_seconds):
+    """Return (results, failures, probes, failed probes) of Observations within the window ending now."""
+    results, failures, probes, probe_failures = len(obs.recent), obs.failures, obs.probes, obs.probe_failures
     horizon = now - window_seconds
-    for when, ok in obs.recent:
+    for when, ok, probe in obs.recent:
         if when >= horizon:
             break
         results -= 1
-        if not ok:
-            failures -= 1
-    return results, failures
+        failures -= not ok
+        probes -= probe
+        probe_failures -= probe and not ok
+    return results, failures, probes, probe_failures
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,7 +105,7 @@ class ModelHealth:
     model: str
     instances: int  # enabled instances
     usable: int  # those a request could go to now: not drained, breaker letting it through, under rpm/tpm
-    requests: int  # results (requests and probes) of the usable ones over the breaker window, across workers
+    requests: int  # results of the usable ones over the breaker window: every worker's requests, and the probes
     success_rate: float | None  # the share of those results that succeeded; None without any
     latency_ms: float | None  # the mean of the usable ones' latency EWMAs (see `latency_ms`); None if unmeasured
     in_flight: int  # requests in flight to the usable ones, across workers
@@ -199,10 +206,10 @@ class RoutingState:
         return max(1.0, MINUTE - (now - oldest)) if oldest is not None else MINUTE
 
     def summary(self, instance_id, now):
-        """Return requests, error rate and latency percentiles over the breaker window, across workers.
+        """Return client requests, their error rate and latency percentiles over the breaker window, across workers.
 
-        `requests` counts every result the breaker saw — client requests and active probes alike — since both decide
-        whether the instance is healthy; the latency percentiles are of successful requests only.
+        Client traffic only: active probes feed the same breaker, but are counted apart (`probe_counts`); the latency
+        percentiles are of successful requests only.
         """
         own = self._local_summary(instance_id, now)
         parts = [(own["requests"], own["errors"], own["p50"], own["p95"])]
@@ -223,10 +230,22 @@ class RoutingState:
             "latency_ms_p95": merged(3),
         }
 
-    def _local_summary(self, instance_id, now):
-        """Return this worker's own requests, errors and latency percentiles for an instance."""
+    def probe_counts(self, instance_id, now):
+        """Return {"ok", "failed"}: the active probes of an instance over the breaker window.
+
+        Every worker reads every probe result (`routing.snapshot.poll_probes`), so this worker's count is everyone's.
+        """
         obs = self.observations.get(instance_id)
-        requests, errors = _results(obs, now, self.policy.window_seconds) if obs is not None else (0, 0)
+        _, _, probes, failed = _split_results(obs, now, self.policy.window_seconds) if obs else (0, 0, 0, 0)
+        return {"ok": probes - failed, "failed": failed}
+
+    def _local_summary(self, instance_id, now):
+        """Return this worker's own client requests, errors and latency percentiles for an instance."""
+        obs = self.observations.get(instance_id)
+        requests = errors = 0
+        if obs is not None:
+            results, failures, probes, probe_failures = _split_results(obs, now, self.policy.window_seconds)
+            requests, errors = results - probes, failures - probe_failures
         samples = sorted(self.latencies.get(instance_id, ()))
         return {
             "requests": requests,
@@ -313,15 +332,15 @@ class RoutingState:
             window = self.minute[instance_id] = UsageWindow()
         window.add(now, requests, tokens)
 
-    def observe(self, instance_id, *, ok, now, detail="", retry_after=None):
-        """Feed one result (a request or an active probe) to the instance's breaker."""
+    def observe(self, instance_id, *, ok, now, detail="", retry_after=None, probe=False):
+        """Feed one result (a client request, or an active probe when `probe`) to the instance's breaker."""
         state = self.breaker(instance_id)
         obs = self.observations.setdefault(instance_id, Observations())
         if retry_after:
-            obs.add(now, False, self.policy.window_seconds)
+            obs.add(now, False, self.policy.window_seconds, probe)
             new = health.cool_down(state, now, retry_after, f"rate limited upstream (Retry-After {retry_after:g}s)")
         else:
-            new = health.record(state, obs, self.policy, now, ok, detail)
+            new = health.record(state, obs, self.policy, now, ok, detail, probe)
         if new != state:
             if new.state == OPEN and state.current(now) != OPEN:
                 logger.warning("instance %s breaker opened: %s", instance_id, new.reason)

@@ -38,7 +38,7 @@ INSTANCE_KEYS = {
     "error_rate",
     "latency_ms_p50",
     "latency_ms_p95",
-    "last_probe",
+    "probes",
     "drained",
 }
 
@@ -181,7 +181,7 @@ def test_it_shows_every_instance_with_the_id_of_the_served_header(lb, gateway, f
         assert entry["api_base"] == fake_provider.url
         assert (entry["state"], entry["reason"], entry["until"], entry["drained"]) == ("closed", None, None, False)
         assert entry["in_flight"] == 0
-        assert entry["last_probe"] is None
+        assert entry["probes"] == {"ok": 0, "failed": 0, "last": None}
     entry = instance_entry(stats, served)
     assert entry["requests"] == 1 and entry["error_rate"] == 0.0
     assert entry["latency_ms_p50"] > 0 and entry["latency_ms_p95"] >= entry["latency_ms_p50"]
@@ -232,9 +232,31 @@ def test_it_shows_the_latest_probe(lb, gateway):
     InstanceProbe.objects.create(instance_id=first, checked_at=now, ok=False, status_code=503, latency_ms=40)
 
     stats = get_stats(gateway, raw)[2]
-    probe = instance_entry(stats, first)["last_probe"]
+    probe = instance_entry(stats, first)["probes"]["last"]
     assert probe == {"at": now.isoformat(), "ok": False, "latency_ms": 40.0, "error": "HTTP 503"}
-    assert instance_entry(stats, second)["last_probe"] is None
+    assert instance_entry(stats, second)["probes"]["last"] is None
+
+
+def test_probes_are_counted_apart_from_client_traffic(lb, gateway):
+    raw, model = lb
+    first, second = model.instance_ids
+    for _ in range(4):
+        chat(gateway, raw, "vault-lb")  # round-robin: two client requests each, all served
+    now = timezone.now()
+    for seconds, ok in ((3, True), (2, False), (1, False)):
+        InstanceProbe.objects.create(
+            instance_id=first, checked_at=now - timedelta(seconds=seconds), ok=ok, status_code=None if ok else 400
+        )
+
+    def probes_fed():
+        entry = instance_entry(get_stats(gateway, raw)[2], first)
+        return entry if entry["probes"]["failed"] == 2 else None
+
+    entry = wait_until(probes_fed, message="probe results fed to the breaker")
+    assert (entry["probes"]["ok"], entry["probes"]["last"]["error"]) == (1, "HTTP 400")
+    assert (entry["requests"], entry["error_rate"]) == (2, 0.0), "client traffic only"
+    assert entry["state"] == "closed"
+    assert instance_entry(get_stats(gateway, raw)[2], second)["probes"] == {"ok": 0, "failed": 0, "last": None}
 
 
 # --- when the database does not answer ---------------------------------------------------------------------------
@@ -265,7 +287,7 @@ def test_it_answers_quickly_without_probes_while_the_probe_table_is_locked(lb, g
     raw, model = lb
     first = model.instance_ids[0]
     InstanceProbe.objects.create(instance_id=first, checked_at=timezone.now(), ok=True, latency_ms=12)
-    assert instance_entry(get_stats(gateway, raw)[2], first)["last_probe"]["ok"] is True
+    assert instance_entry(get_stats(gateway, raw)[2], first)["probes"]["last"]["ok"] is True
     warning = "admin endpoints go on without latest_probes from the database"
     warnings_before = gateway.log().count(warning)
 
@@ -274,10 +296,12 @@ def test_it_answers_quickly_without_probes_while_the_probe_table_is_locked(lb, g
             (status, _, stats), seconds = timed(lambda: get_stats(gateway, raw))
             assert status == 200 and seconds < QUICKLY
             entry = instance_entry(stats, first)
-            assert entry["last_probe"] is None and entry["state"] == "closed"
+            assert entry["probes"]["last"] is None and entry["state"] == "closed"
 
     assert gateway.log().count(warning) == warnings_before + 1  # once for the outage, not once per call
-    wait_until(lambda: instance_entry(get_stats(gateway, raw)[2], first)["last_probe"], message="probes shown again")
+    wait_until(
+        lambda: instance_entry(get_stats(gateway, raw)[2], first)["probes"]["last"], message="probes shown again"
+    )
     wait_until(lambda: "admin endpoints read latest_probes from the database again" in gateway.log(), message="log")
 
 
