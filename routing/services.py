@@ -53,7 +53,7 @@ def failure_to_error(failure):
         if status == 429:
             headers = {"Retry-After": str(int(failure.retry_after + 0.999))} if failure.retry_after else {}
             return UpstreamRateLimited(headers=headers)
-        if status not in (408, 429) and rejections.about_deployment(failure.message):
+        if _misconfigured(failure):
             return UpstreamError(
                 "The upstream provider refused this deployment's configuration (model, credentials or region).",
                 code="upstream_misconfigured",
@@ -70,6 +70,13 @@ def failure_to_error(failure):
             "The upstream provider sent an answer that could not be read.", code="upstream_bad_response"
         )
     return UpstreamError("The upstream provider could not be reached.", code="upstream_unreachable")
+
+
+def _misconfigured(failure):
+    """Return whether an upstream's refusal blames the deployment (a timeout or rate limit is no such refusal)."""
+    if failure.kind != "status" or failure.status in (408, 429):
+        return False
+    return rejections.about_deployment(failure.message)
 
 
 def sse(data):
@@ -307,7 +314,7 @@ class ChatRequest:
             exc = UpstreamFailure("bad_response", "the upstream sent an empty stream")
         error = self._upstream_error(exc)
         self._attempt_done(instance, began, exc.kind, exc.status)
-        misconfigured = exc.kind == "status" and rejections.about_deployment(exc.message)
+        misconfigured = _misconfigured(exc)
         if exc.kind == "status" and exc.status in CLIENT_FAULT_STATUSES and not misconfigured:
             st.finished(instance.id, ok=False, counts=False)
             return error, REFUSED
