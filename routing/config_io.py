@@ -18,7 +18,9 @@ instance: export writes them on every entry of the model; on import an entry tha
 about it, and entries that disagree give the most conservative value (`routing.metadata`) and a warning.
 A section or key left out means its default (round-robin, auto_select false, no capabilities, no metadata override:
 the litellm map decides), as for any desired state. Keys of a real LiteLLM config that ChatVault does not use give
-one warning each and are otherwise ignored.
+one warning each and are otherwise ignored. Entries ChatVault cannot serve as chat models (wildcard names such as
+`*` or `anthropic/*`, a `model_info.mode` other than chat or completion: embedding, image_generation, audio, …) are
+skipped with one warning each, naming the entry and why; the rest of the file imports.
 An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it.
 
 Export writes the same format, without disabled models. Literal API keys are left out unless asked for, so
@@ -64,7 +66,10 @@ METADATA_KEYS = {
     "input_cost_per_token": "input_cost_per_mtok",
     "output_cost_per_token": "output_cost_per_mtok",
 }
-INFO_KEYS = ("id", "enabled", *METADATA_KEYS)
+INFO_KEYS = ("id", "enabled", "mode", *METADATA_KEYS)
+# model_info.mode values ChatVault serves (as chat); LiteLLM's others (embedding, image_generation, audio_*,
+# moderation, rerank, batch, …) are skipped with a warning rather than turned into chat models.
+SERVED_MODES = ("chat", "completion")
 # router_settings / litellm_settings keys mapped to gateway-wide settings (router_settings wins where both set one).
 SETTINGS_KEYS = ("num_retries", "timeout", "request_timeout", "allowed_fails", "cooldown_time")
 ROUTER_KEYS = ("routing_strategy", "fallbacks", "context_window_fallbacks", "model_group_alias", *SETTINGS_KEYS)
@@ -241,7 +246,13 @@ def _parse(data):
     elif not isinstance(raw_list, list):
         errors.append("model_list must be a list of entries")
         raw_list = []
+    skipped = set()
     for index, raw in enumerate(raw_list or []):
+        reason = _unserved(raw)
+        if reason:
+            warnings.append(f"model_list[{index}] ({raw['model_name']}): {reason}; skipped")
+            skipped.add(index)
+            continue
         entry = _parse_entry(index, raw, errors, unused)
         if entry is not None:
             entries.append(entry)
@@ -263,7 +274,9 @@ def _parse(data):
 
     # Invalid entries' names count too: their error is already reported, and a second one about capabilities
     # would point at the wrong place.
-    named = {raw.get("model_name") for raw in raw_list or [] if isinstance(raw, dict)}
+    # A skipped entry's name is no model: a reference to it is an error beside the warning that says why.
+    kept = [raw for i, raw in enumerate(raw_list or []) if i not in skipped]
+    named = {raw.get("model_name") for raw in kept if isinstance(raw, dict)}
     named = {name for name in named if isinstance(name, str)}
     strategy = _parse_router_settings(data.get("router_settings"), errors, warnings)
     fallbacks = _parse_fallbacks(data.get("router_settings"), named, errors)
@@ -294,6 +307,23 @@ def _parse(data):
         aliases=aliases,
     )
     return plan, warnings
+
+
+def _unserved(raw):
+    """Return why a well-formed entry cannot be served as a chat model (a wildcard, or a mode other than chat), or
+    None; a malformed entry gets None, so its errors are reported as for any other."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_name"), str):
+        return None
+    params, info = raw.get("litellm_params"), raw.get("model_info") or {}
+    if not isinstance(params, dict) or not isinstance(params.get("model"), str) or not isinstance(info, dict):
+        return None
+    if "*" in raw["model_name"] or "*" in params["model"]:
+        # LiteLLM routes any model matching the pattern; ChatVault serves only the models it lists.
+        return "wildcard model names are not served (list each model by name)"
+    mode = info.get("mode")
+    if mode is not None and mode not in SERVED_MODES:
+        return f"mode {mode} is not served yet"
+    return None
 
 
 def _parse_entry(index, raw, errors, unused):

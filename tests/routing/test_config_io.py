@@ -1073,3 +1073,66 @@ def test_the_import_command_prints_warnings_together_with_errors(tmp_path):
     text = str(info.value)
     assert "litellm_params.weight must be a number" in text
     assert "warning: litellm_settings.drop_params is not used by ChatVault; ignored" in text
+
+
+@pytest.mark.django_db
+def test_wildcards_and_non_chat_modes_are_skipped_with_a_warning_naming_the_entry_and_the_rest_imports():
+    data = {
+        "model_list": [
+            {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}},
+            {"model_name": "*", "litellm_params": {"model": "openai/*"}},
+            {"model_name": "anthropic/*", "litellm_params": {"model": "anthropic/*"}},
+            {"model_name": "claude-any", "litellm_params": {"model": "anthropic/claude-*"}},
+            {
+                "model_name": "text-embedding-3-small",
+                "litellm_params": {"model": "openai/text-embedding-3-small"},
+                "model_info": {"mode": "embedding"},
+            },
+            {"model_name": "dall-e", "litellm_params": {"model": "openai/dall-e-3"},
+             "model_info": {"mode": "image_generation"}},
+            {"model_name": "legacy", "litellm_params": {"model": "openai/gpt-3.5-turbo-instruct", "api_key": "k"},
+             "model_info": {"mode": "completion"}},
+            {"model_name": "said-chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "k"},
+             "model_info": {"mode": "chat"}},
+        ]
+    }  # fmt: skip
+
+    report = routing_config_import(data=data)
+
+    assert sorted(Model.objects.values_list("name", flat=True)) == ["chat", "legacy", "said-chat"]
+    assert ProviderInstance.objects.count() == 3
+    assert report.warnings == [
+        "model_list[1] (*): wildcard model names are not served (list each model by name); skipped",
+        "model_list[2] (anthropic/*): wildcard model names are not served (list each model by name); skipped",
+        "model_list[3] (claude-any): wildcard model names are not served (list each model by name); skipped",
+        "model_list[4] (text-embedding-3-small): mode embedding is not served yet; skipped",
+        "model_list[5] (dall-e): mode image_generation is not served yet; skipped",
+    ]
+
+
+@pytest.mark.django_db
+def test_a_malformed_entry_is_refused_even_when_it_would_be_skipped():
+    data = {"model_list": [{"model_name": "anthropic/*", "litellm_params": "anthropic/*"}]}
+
+    with pytest.raises(ConfigError) as info:
+        routing_config_import(data=data)
+
+    assert info.value.errors == ["model_list[0] (anthropic/*): litellm_params must be a mapping"]
+
+
+@pytest.mark.django_db
+def test_a_reference_to_a_skipped_entry_is_an_error_beside_the_warning_saying_why():
+    data = {
+        "model_list": [
+            {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o"}},
+            {"model_name": "emb", "litellm_params": {"model": "openai/e"}, "model_info": {"mode": "embedding"}},
+        ],
+        "router_settings": {"fallbacks": [{"chat": ["emb"]}]},
+    }
+
+    with pytest.raises(ConfigError) as info:
+        routing_config_import(data=data)
+
+    assert info.value.errors == ["router_settings.fallbacks[0]: 'emb' not in model_list"]
+    assert info.value.warnings == ["model_list[1] (emb): mode embedding is not served yet; skipped"]
+    assert not Model.objects.exists()

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from routing.config_io import ConfigError, load_config_file, routing_config_export, routing_config_import
+from routing.models import Model
 
 PACKAGE = pathlib.Path(importlib.util.find_spec("litellm").submodule_search_locations[0])
 
@@ -18,6 +19,22 @@ PACKAGE = pathlib.Path(importlib.util.find_spec("litellm").submodule_search_loca
 REFUSED = {
     "proxy/example_config_yaml/langfuse_config.yaml": "model_list[0] (gpt-3.5-turbo): litellm_params is required",
 }
+
+# Entries ChatVault skips with a warning (wildcards, modes other than chat), by config; the rest of each file imports.
+SKIPPED = {
+    "proxy/example_config_yaml/_health_check_test_config.yaml": ["model_list[0] (text-embedding-ada-002)"],
+    "proxy/example_config_yaml/oai_misc_config.yaml": [
+        "model_list[1] (*)",
+        "model_list[2] (anthropic/*)",
+        "model_list[3] (groq/*)",
+        "model_list[4] (bedrock/batch-us.anthropic.claude-haiku-4-5-20251001-v1:0)",
+    ],
+    "proxy/example_config_yaml/otel_test_config.yaml": ["model_list[5] (bedrock/*)", "model_list[6] (openai/*)"],
+    "proxy/example_config_yaml/pass_through_config.yaml": ["model_list[5] (anthropic/*)", "model_list[6] (openai/*)"],
+    "proxy/wildcard_config.yaml": [f"model_list[{i}] ({p}/*)" for i, p in enumerate(
+        ["anthropic", "bedrock", "vertex_ai", "azure_ai", "azure", "gemini", "openai"]
+    )],
+}  # fmt: skip
 
 
 def example_configs():
@@ -54,6 +71,9 @@ def test_every_packaged_example_imports_or_is_refused_naming_the_entry(relative)
     report = routing_config_import(data=data)
 
     assert report.created, report.summary()
+    skipped = [w.removesuffix("; skipped") for w in report.warnings if w.endswith("; skipped")]
+    assert [w.split(": ")[0] for w in skipped] == SKIPPED.get(relative, [])
+    assert Model.objects.count() == len({e["model_name"] for e in data["model_list"]}) - len(skipped)
     # Export -> import is a no-op, and literal secrets never leave: they are kept as they are stored.
     text = yaml.safe_dump(routing_config_export())
     for entry in data["model_list"]:
