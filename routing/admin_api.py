@@ -25,6 +25,7 @@ from routing.db_threads import DatabaseThreads
 from routing.errors import AuthenticationFailed, GatewayError, InvalidRequest, PermissionDenied
 from routing.health import OPEN
 from routing.models import InstanceProbe
+from routing.snapshot import NO_KEY, NO_KEY_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,13 @@ def instance_stats(inst, routing_state, now, probe=None):
     """
     breaker = routing_state.breaker(inst.id)
     current = breaker.current(now)
+    # An instance without a key is never routed to, whatever its breaker says.
     return {
         "id": inst.id,
         "api_base": inst.api_base,
-        "state": current,
-        "reason": breaker.reason or None,
-        "until": _iso(breaker.until) if current == OPEN else None,
+        "state": NO_KEY if inst.missing_key else current,
+        "reason": NO_KEY_REASON if inst.missing_key else breaker.reason or None,
+        "until": _iso(breaker.until) if current == OPEN and not inst.missing_key else None,
         "drained": inst.drained,
         "in_flight": routing_state.total_in_flight(inst.id),
         **routing_state.summary(inst.id, now),

@@ -21,7 +21,9 @@ the litellm map decides), as for any desired state. Keys of a real LiteLLM confi
 one warning each and are otherwise ignored. Entries ChatVault cannot serve as chat models (wildcard names such as
 `*` or `anthropic/*`, a `model_info.mode` other than chat or completion: embedding, image_generation, audio, …) are
 skipped with one warning each, naming the entry and why; the rest of the file imports.
-An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it.
+An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it. An instance left without a key
+where one is needed (`routing.snapshot.key_missing`: importing an export where its secret was never stored) gets a
+warning naming it, and is not routed to until one is set.
 
 Export writes the same format, without disabled models. Literal API keys are left out unless asked for, so
 export -> import round-trips without a secret ever being printed.
@@ -38,7 +40,7 @@ from django.core.validators import URLValidator
 from django.db import transaction
 
 from experiments import config as experiments_config
-from routing import metadata, secrets
+from routing import metadata, secrets, snapshot
 from routing.adapters import OPENAI_COMPATIBLE_KINDS
 from routing.balancer import APPROXIMATED, normalize_strategy
 from routing.models import Model, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
@@ -840,7 +842,14 @@ def _apply(plan, report):
         instance = existing.get(entry.instance_id) if entry.instance_id else _match(entry, existing, claimed)
         if instance is not None:
             claimed.add(instance.id)
-        _apply_entry(entry, instance, models[entry.model_name], providers, report)
+        instance = _apply_entry(entry, instance, models[entry.model_name], providers, report)
+        if entry.enabled and snapshot.key_missing(instance, instance.resolved_params()):
+            # Typically an export (literal keys left out) imported where those secrets were never stored.
+            report.warnings.append(
+                f"instance {instance.id} has no API key: the file gives none and none is stored for it or its "
+                f"provider {instance.provider.name}; it is not routed to until one is set (admin, or "
+                "api_key: os.environ/NAME)"
+            )
 
     for instance in existing.values():
         # Instances of a model that was already disabled and is still absent are not described by the file at all;
@@ -868,7 +877,7 @@ def _match(entry, existing, claimed):
 
 
 def _apply_entry(entry, instance, model, providers, report):
-    """Create or update the instance an entry describes."""
+    """Create or update the instance an entry describes; return it."""
     if instance is not None and instance.provider.kind == entry.kind:
         # Keep an admin's choice among several providers of the same kind.
         provider = instance.provider
@@ -897,11 +906,12 @@ def _apply_entry(entry, instance, model, providers, report):
             instance.set_api_key(entry.api_key)
         instance.save(force_insert=True)
         _count_created(report, f"instance {instance.id} of model {model.name}")
-        return
+        return instance
     key_changed = entry.api_key is not None and not _key_matches(instance, entry.api_key)
     if key_changed:
         instance.set_api_key(entry.api_key)
     _save_changes(instance, desired, report, f"instance {instance.id}", extra=API_KEY_FIELDS if key_changed else ())
+    return instance
 
 
 def _desired_secret_params(entry, instance):

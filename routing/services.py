@@ -27,6 +27,7 @@ from routing.errors import (
 )
 from routing.health import OPEN
 from routing.models import Outcome
+from routing.snapshot import NO_KEY_REASON
 from routing.validation import validate_body
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class ChatRequest:
         return True
 
     def choose_instance(self, tried):
-        """Return the instance for the next attempt, skipping tried, drained and open ones.
+        """Return the instance for the next attempt, skipping tried, drained, keyless and open ones.
 
         Raise NoCapacity (with Retry-After when a breaker says when) if none is usable.
         """
@@ -233,6 +234,8 @@ class ChatRequest:
                 continue
             if inst.drained:
                 skipped[inst.id] = "drained"
+            elif inst.missing_key:
+                skipped[inst.id] = NO_KEY_REASON
             elif not st.usable(inst.id, now):
                 breaker = st.breaker(inst.id)
                 skipped[inst.id] = f"{breaker.current(now)}: {breaker.reason}"

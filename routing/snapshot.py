@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 # Used when an instance sets no timeout of its own (litellm's defaults are of the same order).
 DEFAULT_TIMEOUT_SECONDS = 600.0
 DEFAULT_STREAM_TIMEOUT_SECONDS = 120.0
+# How an instance missing its API key (`key_missing`) is shown: its state, and the reason it is not routed to.
+NO_KEY = "no key"
+NO_KEY_REASON = "no API key"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class InstanceConfig:
     output_cost_per_token: Decimal | None
     drained: bool = False
     breaker_reset_at: float | None = None
+    # No API key where one is needed (`key_missing`): never routed to, shown as "no key".
+    missing_key: bool = False
     # Provider-specific litellm_params, resolved (ProviderInstance.resolved_params); not part of the hash.
     params: dict = dataclasses.field(default_factory=dict, hash=False)
 
@@ -166,6 +171,27 @@ def _strings(value):
     return []
 
 
+def passes_through(inst, params):
+    """Return whether calls to the instance go through the OpenAI-compatible pass-through rather than litellm."""
+    # The pass-through speaks plain OpenAI: provider parameters (api_version, organization, extra_headers, …)
+    # are honoured only by litellm, so an instance that sets any goes through it.
+    return inst.provider.openai_compatible and not params
+
+
+def key_missing(inst, params):
+    """Return whether the instance needs an API key and neither it nor its provider has one configured.
+
+    Only a pass-through to a hosted service (a kind with a public endpoint: openai, groq, …) is known to need one:
+    ChatVault itself sends its Authorization header. litellm reads provider keys from its own environment variables
+    (ANTHROPIC_API_KEY, AWS credentials, …) and self-hosted servers (hosted_vllm, openai_compatible) often take
+    none, so those are never flagged. An os.environ/NAME reference counts as a key even when NAME is unset here:
+    the variable is the deployment's business, and an upstream refusing the key is caught as a misconfiguration.
+    """
+    if not passes_through(inst, params) or not adapters.OPENAI_COMPATIBLE_KINDS.get(inst.provider.kind):
+        return False
+    return not (inst.has_api_key() or inst.provider.has_api_key())
+
+
 def instance_config(inst, model):
     """Return the hot-path view of one ProviderInstance."""
     # What a call served here costs: the model's price when it sets one, else this instance's upstream's own.
@@ -178,9 +204,7 @@ def instance_config(inst, model):
         litellm_model=inst.litellm_model,
         api_base=(inst.effective_api_base() or None),
         api_key=inst.effective_api_key(),
-        # The pass-through speaks plain OpenAI: provider parameters (api_version, organization, extra_headers, …)
-        # are honoured only by litellm, so an instance that sets any goes through it.
-        openai_compatible=inst.provider.openai_compatible and not params,
+        openai_compatible=passes_through(inst, params),
         weight=inst.weight,
         rpm=inst.rpm,
         tpm=inst.tpm,
@@ -190,6 +214,7 @@ def instance_config(inst, model):
         output_cost_per_token=prices.output_cost_per_token,
         drained=inst.drained,
         breaker_reset_at=inst.breaker_reset_at.timestamp() if inst.breaker_reset_at else None,
+        missing_key=key_missing(inst, params),
         params=params,
     )
 

@@ -23,6 +23,7 @@ from routing.models import (
     ProviderInstance,
     RoutingSettings,
 )
+from routing.snapshot import NO_KEY, NO_KEY_REASON, key_missing
 
 # --- Actions --------------------------------------------------------------------------------------------------------
 
@@ -90,20 +91,24 @@ class LiveStateMixin:
 
     @admin.display(description="State")
     def breaker_state(self, obj):
-        """Return "disabled", "drained", or the breaker state (closed, open or half_open)."""
+        """Return "disabled", "drained", "no key", or the breaker state (closed, open or half_open)."""
         if obj._state.adding:
             return "—"
         if not obj.enabled:
             return "disabled"
         if obj.drained:
             return "drained"
+        if key_missing(obj, obj.resolved_params()):
+            return NO_KEY
         return state.get().breaker(obj.pk).current(time.time())
 
     @admin.display(description="Reason")
     def breaker_reason(self, obj):
-        """Return why the breaker is not closed, if it is not."""
+        """Return why the instance is not routed to: no API key, or why its breaker is not closed."""
         if obj._state.adding:
             return "—"
+        if obj.enabled and key_missing(obj, obj.resolved_params()):
+            return f"{NO_KEY_REASON}: set one on the instance or its provider"
         breaker = state.get().breaker(obj.pk)
         return breaker.reason if breaker.current(time.time()) != CLOSED and breaker.reason else "—"
 

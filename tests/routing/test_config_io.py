@@ -2,17 +2,21 @@
 
 import copy
 import io
+import json
 import re
 from decimal import Decimal
 
+import openai
 import pytest
 import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from routing import secrets
+from routing import secrets, snapshot
 from routing.config_io import ConfigError, load_config_file, routing_config_export, routing_config_import
 from routing.models import ConfigRevision, Model, Provider, ProviderInstance, RoutingSettings
+from tests.factories import make_key, make_model, set_instance, wait_for_model
+from tests.helpers import MESSAGES, wait_rows
 
 LITERAL_KEY = "sk-literal-secret-abcd1234"
 
@@ -1136,3 +1140,92 @@ def test_a_reference_to_a_skipped_entry_is_an_error_beside_the_warning_saying_wh
     assert info.value.errors == ["router_settings.fallbacks[0]: 'emb' not in model_list"]
     assert info.value.warnings == ["model_list[1] (emb): mode embedding is not served yet; skipped"]
     assert not Model.objects.exists()
+
+
+KEYED = {
+    "model_list": [
+        {"model_name": "m", "litellm_params": {"model": "openai/gpt-4o", "api_key": LITERAL_KEY},
+         "model_info": {"id": "a"}},
+        {"model_name": "m", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/CV_UNSET_KEY"},
+         "model_info": {"id": "ref"}},
+        {"model_name": "m", "litellm_params": {"model": "anthropic/claude", "api_key": LITERAL_KEY},
+         "model_info": {"id": "claude"}},
+        {"model_name": "m", "litellm_params": {"model": "hosted_vllm/llama", "api_base": "http://127.0.0.1:8000/v1"},
+         "model_info": {"id": "vllm"}},
+        {"model_name": "m", "litellm_params": {"model": "openai/gpt-4o", "api_key": LITERAL_KEY, "organization": "o"},
+         "model_info": {"id": "via-litellm"}},
+    ]
+}  # fmt: skip
+
+
+def import_into_an_empty_database(exported):
+    """Import an export where none of its rows (nor their secrets) exist; return the report."""
+    ProviderInstance.objects.all().delete()
+    Provider.objects.all().delete()
+    Model.objects.all().delete()
+    return routing_config_import(data=exported)
+
+
+@pytest.mark.django_db
+def test_importing_an_export_without_its_secrets_warns_once_per_instance_left_without_a_needed_key(monkeypatch):
+    monkeypatch.delenv("CV_UNSET_KEY", raising=False)
+    assert routing_config_import(data=KEYED).warnings == []
+    exported = routing_config_export()
+
+    report = import_into_an_empty_database(exported)
+
+    # Only the pass-through to a hosted service: litellm reads its own environment (ANTHROPIC_API_KEY, …), a
+    # self-hosted server may take no key, and a reference is a key even when unset here.
+    assert report.warnings == [
+        "instance a has no API key: the file gives none and none is stored for it or its provider openai; "
+        "it is not routed to until one is set (admin, or api_key: os.environ/NAME)"
+    ]
+    flagged = {i.id: i.missing_key for model in snapshot.build().models.values() for i in model.instances}
+    assert flagged == {"a": True, "ref": False, "claude": False, "vllm": False, "via-litellm": False}
+
+
+@pytest.mark.django_db
+def test_a_key_on_the_provider_is_enough():
+    routing_config_import(data=KEYED)
+    exported = routing_config_export()
+    ProviderInstance.objects.all().delete()
+    openai = Provider.objects.get(name="openai")
+    openai.set_api_key(LITERAL_KEY)
+    openai.save()
+
+    assert routing_config_import(data=exported).warnings == []
+    assert not any(i.missing_key for model in snapshot.build().models.values() for i in model.instances)
+
+
+@pytest.mark.django_db
+def test_the_admin_instance_list_shows_an_instance_missing_its_key(admin_client):
+    routing_config_import(data=KEYED)
+    import_into_an_empty_database(routing_config_export())
+
+    page = admin_client.get("/admin/routing/providerinstance/").content.decode()
+
+    assert page.count("no API key: set one on the instance or its provider") == 1
+    assert ">no key<" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_instance_missing_its_key_is_not_routed_to_and_says_why(gateway, fake, fake_b):
+    model = make_model("vault-keyless", [fake, fake_b])
+    keyless, keyed = model.instance_ids
+    raw = make_key(is_admin=True)
+    wait_for_model(gateway, raw, "vault-keyless")
+    set_instance(gateway, keyless, api_key_ciphertext="", api_key_last4="")
+    client = openai.OpenAI(base_url=gateway.url, api_key=raw, max_retries=0)
+
+    served = {
+        client.chat.completions.with_raw_response.create(model="vault-keyless", messages=MESSAGES).headers[
+            "x-chatvault-instance"
+        ]
+        for _ in range(4)
+    }
+
+    assert served == {keyed} and fake.requests() == []
+    assert wait_rows(4)[-1].decision["skipped"] == {keyless: "no API key"}
+    _, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers={"Authorization": f"Bearer {raw}"})
+    entry = next(i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == keyless)
+    assert (entry["state"], entry["reason"]) == ("no key", "no API key")
