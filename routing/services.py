@@ -275,6 +275,8 @@ class ChatRequest:
             return NoCapacity(f"The model '{model.name}' has no enabled instance.")
         if all(i.drained for i in model.instances):
             return NoCapacity(f"Every instance of '{model.name}' is drained.")
+        if all(i.drained or i.missing_key for i in model.instances):
+            return NoCapacity(f"No instance of '{model.name}' has an API key: set one on the instance or its provider.")
         st = self.state
         serving = [i for i in model.instances if not i.drained]
         waits = [st.breaker(i.id).until - now for i in serving if st.breaker(i.id).current(now) == OPEN]

@@ -1229,3 +1229,8 @@ def test_an_instance_missing_its_key_is_not_routed_to_and_says_why(gateway, fake
     _, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers={"Authorization": f"Bearer {raw}"})
     entry = next(i for m in json.loads(body)["models"] for i in m["instances"] if i["id"] == keyless)
     assert (entry["state"], entry["reason"]) == ("no key", "no API key")
+
+    set_instance(gateway, keyed, api_key_ciphertext="", api_key_last4="")
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="vault-keyless", messages=MESSAGES)
+    assert refused.value.status_code == 503 and "has an API key" in refused.value.message
