@@ -15,10 +15,10 @@ from routing.models import ConfigRevision, Model
 CONFIG = """\
 model_list:
   - model_name: vault-mini
-    litellm_params: {model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:9001/v1"}
+    litellm_params: {model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:9001/v1", api_key: os.environ/OPENAI_KEY}
     model_info: {id: exp-mini}
   - model_name: vault-4o
-    litellm_params: {model: openai/gpt-4o, api_base: "http://127.0.0.1:9001/v1"}
+    litellm_params: {model: openai/gpt-4o, api_base: "http://127.0.0.1:9001/v1", api_key: os.environ/OPENAI_KEY}
     model_info: {id: exp-4o}
   - model_name: vault-claude
     litellm_params: {model: anthropic/claude-3-5-haiku-20241022}
