@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from experiments.models import FEEDBACK_METRIC, METRIC_NAME, Feedback
 from routing import storable
-from routing.batch_writer import BatchWriter, table_accepts_writes
+from routing.batch_writer import BatchWriter, ProcessWriter, table_accepts_writes
 from routing.db_threads import DatabaseThreads
 from routing.errors import GatewayError, InvalidRequest, NotFound
 from routing.models import RequestLog
@@ -344,36 +344,8 @@ class FeedbackWriter(BatchWriter):
         return 0
 
 
-_writer = None
-
-
-def start():
-    """Start this process's feedback writer (idempotent)."""
-    global _writer
-    if _writer is None or not _writer.is_alive():
-        _writer = FeedbackWriter()
-        _writer.start()
-    return _writer
-
-
-def stop():
-    """Write every queued feedback row and stop this process's writer."""
-    global _writer
-    if _writer is not None:
-        _writer.stop()
-        _writer = None
-
-
-def submit(row):
-    """Queue a feedback row for writing."""
-    (_writer or start()).submit(row)
-
-
-def stats():
-    """Return this process's feedback counters."""
-    writer = _writer
-    return {
-        "pending": writer.pending() if writer else 0,
-        "written": writer.written if writer else 0,
-        "dropped": writer.dropped if writer else 0,
-    }
+_process_writer = ProcessWriter(FeedbackWriter)
+start = _process_writer.start
+stop = _process_writer.stop
+submit = _process_writer.submit
+stats = _process_writer.counters

@@ -168,6 +168,40 @@ class BatchWriter(threading.Thread):
             logger.error("%s writer did not finish within %.0f s", self.what, timeout)
 
 
+class ProcessWriter:
+    """This process's one writer of a kind: started at start-up or on first use, drained and stopped on shutdown."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.writer = None
+
+    def start(self):
+        """Start the writer thread unless it runs (idempotent); return it."""
+        if self.writer is None or not self.writer.is_alive():
+            self.writer = self.factory()
+            self.writer.start()
+        return self.writer
+
+    def stop(self):
+        """Write every queued row and stop the writer thread."""
+        if self.writer is not None:
+            self.writer.stop()
+            self.writer = None
+
+    def submit(self, row):
+        """Queue a row, starting the writer if it is not running yet."""
+        (self.writer or self.start()).submit(row)
+
+    def counters(self):
+        """Return {pending, written, dropped} of this process's writer (zeros before it starts)."""
+        writer = self.writer
+        return {
+            "pending": writer.pending() if writer else 0,
+            "written": writer.written if writer else 0,
+            "dropped": writer.dropped if writer else 0,
+        }
+
+
 def table_accepts_writes(model):
     """Return whether the database answers and model's table can be read in a transaction."""
     from django.db import transaction

@@ -22,7 +22,7 @@ from django.db.models import Q
 
 from experiments import feedback
 from routing import storable
-from routing.batch_writer import BatchWriter, table_accepts_writes
+from routing.batch_writer import BatchWriter, ProcessWriter, table_accepts_writes
 from routing.models import ApiKey, Outcome, RequestLog
 
 logger = logging.getLogger(__name__)
@@ -146,32 +146,15 @@ def write_batch(rows):
             )
 
 
-_writer = None
-
-
-def start():
-    """Start this process's writer thread (idempotent)."""
-    global _writer
-    if _writer is None or not _writer.is_alive():
-        _writer = RequestLogWriter()
-        _writer.start()
-    return _writer
-
-
-def stop():
-    """Flush and stop this process's writer thread."""
-    global _writer
-    if _writer is not None:
-        _writer.stop()
-        _writer = None
+_process_writer = ProcessWriter(RequestLogWriter)
+start = _process_writer.start
+stop = _process_writer.stop
 
 
 def stats():
     """Return this process's request-log counters."""
-    writer = _writer
     return {
-        "pending": writer.pending() if writer else 0,
-        "written": writer.written if writer else 0,
+        **_process_writer.counters(),
         "dropped": Counters.dropped_rows,
         "rewritten": Counters.rewritten_rows,
         "unauthenticated_requests": Counters.unauthenticated,
@@ -181,9 +164,6 @@ def stats():
 
 def record(row):
     """Queue a RequestLog row for writing, made storable first; keep its rating facts for `POST /v1/feedback`."""
-    writer = _writer
-    if writer is None:
-        writer = start()
     row = _spec().row(row)
-    writer.submit(row)
+    _process_writer.submit(row)
     feedback.remember(row)  # the request can be rated before its row is written
