@@ -26,6 +26,13 @@ class RoutingStrategy(models.TextChoices):
     COST_BASED = "cost-based", "Cost-based (cheapest instance)"
 
 
+class ModelMode(models.TextChoices):
+    """Which endpoint a model serves."""
+
+    CHAT = "chat", "Chat (/v1/chat/completions, /v1/completions)"
+    EMBEDDING = "embedding", "Embedding (/v1/embeddings)"
+
+
 class ConfigRevision(models.Model):
     """A single row whose token changes on every routing-configuration write."""
 
@@ -213,6 +220,12 @@ class Model(models.Model):
     name = models.CharField(max_length=200, unique=True, help_text="The name clients put in `model`.")
     description = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True)
+    mode = models.CharField(
+        max_length=16,
+        choices=ModelMode.choices,
+        default=ModelMode.CHAT,
+        help_text="Chat models answer chat (and legacy) completions; embedding models answer /v1/embeddings.",
+    )
     capabilities = models.JSONField(
         default=list, blank=True, help_text="Capability tags, e.g. code_generation, summarization, general_chat."
     )
@@ -610,3 +623,34 @@ class RequestRollup(models.Model):
 
     def __str__(self):
         return f"{self.model or '-'} / {self.instance_id or '-'} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+class KeyRollup(models.Model):
+    """RequestLog totals of one API key over one hour, recomputed from the log (for the dashboard's top keys).
+
+    Written only by `routing.rollups`, which recomputes whole hours and replaces them, like RequestRollup.
+    """
+
+    bucket_start = models.DateTimeField(help_text="Start of the hour (UTC).")
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.DO_NOTHING, db_constraint=False, related_name="rollups", help_text="The key."
+    )
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="Requests whose outcome is not ok.")
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=20, decimal_places=8, default=0)
+
+    class Meta:
+        ordering = ["-bucket_start", "api_key"]
+        constraints = [
+            # Also the index of every read: a range of hours.
+            models.UniqueConstraint(fields=["bucket_start", "api_key"], name="%(app_label)s_%(class)s_unique_bucket"),
+            models.CheckConstraint(
+                condition=models.Q(errors__lte=models.F("requests")),
+                name="%(app_label)s_%(class)s_errors_lte_requests",
+            ),
+        ]
+
+    def __str__(self):
+        return f"key {self.api_key_id} {self.bucket_start:%Y-%m-%d %H:%M}"
