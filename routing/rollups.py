@@ -7,9 +7,12 @@ granularity is grouped in SQL by three queries (counts and sums by outcome and c
 buckets of the successful requests; their TTFT buckets), which Django writes for Postgres and SQLite alike. Hours
 are rolled up straight from the log rather than from minute rows, so they stay right when their minutes are gone.
 
-Minute rows are kept MINUTE_RETENTION, hour rows HOUR_RETENTION. A stats window reads minute rows for its first,
-partial hour and hour rows (the open one included) for the rest: at most 59 minute rows and 168 hour rows per model
-and instance for seven days, whatever the traffic.
+The same runs recompute KeyRollup, the hourly totals of each API key (requests, errors, tokens, cost) that the admin
+dashboard ranks keys by, from the same rows and under the same replace-whole-hours rule.
+
+Minute rows are kept MINUTE_RETENTION, hour rows (of models and keys alike) HOUR_RETENTION. A stats window reads
+minute rows for its first, partial hour and hour rows (the open one included) for the rest: at most 59 minute rows
+and 168 hour rows per model and instance for seven days, whatever the traffic.
 """
 
 import dataclasses
@@ -22,7 +25,7 @@ from django.db.models.functions import Cast, Floor, Ln, TruncHour, TruncMinute
 from django.utils import timezone
 
 from routing import histogram
-from routing.models import Outcome, RequestLog, RequestRollup, RollupGranularity
+from routing.models import KeyRollup, Outcome, RequestLog, RequestRollup, RollupGranularity
 
 MINUTE = RollupGranularity.MINUTE
 HOUR = RollupGranularity.HOUR
@@ -49,6 +52,7 @@ class RollupRun:
     requests: int = 0
     minute_rows: int = 0
     hour_rows: int = 0
+    key_rows: int = 0
 
 
 def floor_minute(moment):
@@ -89,16 +93,19 @@ def rollup_request_logs(*, since=None, until=None, lookback=timedelta(0)):
                 # week ago costs a few queries, not one round per chunk.
                 chunk_end = run.end if first is None else floor_hour(first)
                 _delete(MINUTE_AND_HOUR, chunk_start, chunk_end)
+                _delete_keys(chunk_start, chunk_end)
             else:
                 chunk_end = min(chunk_start + CHUNK, run.end)
                 hours = _replace(HOUR, chunk_start, chunk_end)
                 run.hour_rows += len(hours)
                 run.requests += sum(row.requests for row in hours)
+                run.key_rows += len(_replace_keys(chunk_start, chunk_end))
                 if chunk_end > minute_horizon:
                     run.minute_rows += len(_replace(MINUTE, max(chunk_start, minute_horizon), chunk_end))
         chunk_start = chunk_end
     RequestRollup.objects.filter(granularity=MINUTE, bucket_start__lt=minute_horizon).delete()
     RequestRollup.objects.filter(granularity=HOUR, bucket_start__lt=floor_hour(now - HOUR_RETENTION)).delete()
+    KeyRollup.objects.filter(bucket_start__lt=floor_hour(now - HOUR_RETENTION)).delete()
     return run
 
 
@@ -147,6 +154,46 @@ def _replace(granularity, start, end):
     _delete([granularity], start, end)
     rows = _aggregate(granularity, start, end)
     RequestRollup.objects.bulk_create(rows, batch_size=1000)
+    return rows
+
+
+def _delete_keys(start, end):
+    """Delete the per-key rollups whose hours start between start and end."""
+    KeyRollup.objects.filter(bucket_start__gte=start, bucket_start__lt=end).delete()
+
+
+def _replace_keys(start, end):
+    """Recompute the per-key hours between start and end from the log; replace theirs; return them (whole hours)."""
+    _delete_keys(start, end)
+    totals = (
+        RequestLog.objects.filter(
+            endpoint=ROLLED_UP_ENDPOINT, created_at__gte=start, created_at__lt=end, api_key__isnull=False
+        )
+        .annotate(bucket=TruncHour("created_at", tzinfo=UTC))
+        .order_by()  # RequestLog's default ordering would join the GROUP BY
+        .values("bucket", "api_key")
+        .annotate(
+            n=Count("*"),
+            errors=Count("pk", filter=~Q(outcome=Outcome.OK)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost=Sum("cost_usd"),
+        )
+        .values_list("bucket", "api_key", "n", "errors", "prompt", "completion", "cost")
+    )
+    rows = [
+        KeyRollup(
+            bucket_start=bucket_start,
+            api_key_id=key,
+            requests=n,
+            errors=errors,
+            prompt_tokens=prompt or 0,
+            completion_tokens=completion or 0,
+            cost_usd=cost or 0,
+        )
+        for bucket_start, key, n, errors, prompt, completion, cost in totals
+    ]
+    KeyRollup.objects.bulk_create(rows, batch_size=1000)
     return rows
 
 

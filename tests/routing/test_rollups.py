@@ -10,7 +10,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from routing import histogram, rollups
-from routing.models import RequestLog, RequestRollup
+from routing.auth import api_key_create
+from routing.models import KeyRollup, RequestLog, RequestRollup
 from routing.rollups import floor_hour, floor_minute, rollup_request_logs
 from routing.tasks import rollup_request_logs as rollup_task
 
@@ -238,7 +239,7 @@ def test_a_run_over_weeks_without_traffic_costs_a_few_queries(django_assert_max_
     now = timezone.now()
     log(now - timedelta(days=30))
     log(now)
-    with django_assert_max_num_queries(30):  # one round per 6 hours would be over a thousand
+    with django_assert_max_num_queries(40):  # one round per 6 hours would be over a thousand
         run = rollup_request_logs(since=now - timedelta(days=30))
     assert run.requests == 2 and rollup("hour", floor_hour(now)).requests == 1
 
@@ -311,6 +312,69 @@ def test_the_command_without_since_covers_the_whole_log_and_says_when_it_is_empt
 def test_the_command_refuses_a_bad_time(value):
     with pytest.raises(CommandError, match="--since needs an ISO time"):
         call_command("rollup_request_logs", "--since", value, stdout=io.StringIO())
+
+
+# --- per-key hours -------------------------------------------------------------------------------------------------
+
+
+def key_rows():
+    """Return every per-key rollup as (hour, key id, requests, errors, prompt, completion, cost), in a stable order."""
+    fields = ("bucket_start", "api_key_id", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+    return list(KeyRollup.objects.order_by("bucket_start", "api_key_id").values_list(*fields))
+
+
+def test_each_key_gets_its_hourly_requests_errors_tokens_and_cost(hour):
+    billing, _ = api_key_create(name="billing")
+    search, _ = api_key_create(name="search")
+    later = hour + timedelta(hours=1)
+    for minutes in (1, 30, 59):
+        log(hour + timedelta(minutes=minutes), api_key=billing, prompt_tokens=10, completion_tokens=4, cost_usd="0.25")
+    log(hour + timedelta(minutes=2), api_key=billing, outcome="upstream_error", cost_usd=None)
+    log(hour + timedelta(minutes=3), api_key=search, model="vault-b", outcome="no_capacity", instance=None)
+    log(later + timedelta(minutes=5), api_key=search, prompt_tokens=7, cost_usd="1.5")
+    log(hour, api_key=search, endpoint="models")  # not a chat request: no model's rollup counts it either
+    log(hour, api_key=None)  # a row without a key has no key to count against
+
+    run = rollup_request_logs(since=hour)
+
+    assert run.key_rows == 3
+    assert key_rows() == [
+        (hour, billing.pk, 4, 1, 30, 12, Decimal("0.75")),
+        (hour, search.pk, 1, 1, 0, 0, Decimal("0")),
+        (later, search.pk, 1, 0, 7, 0, Decimal("1.5")),
+    ]
+
+
+def test_key_hours_are_replaced_like_the_model_hours(hour):
+    key, _ = api_key_create(name="billing")
+    row = log(hour + timedelta(minutes=3), api_key=key)
+    log(hour + timedelta(hours=1), api_key=key)
+    rollup_request_logs(since=hour)
+    first = key_rows()
+    rollup_request_logs(since=hour + timedelta(minutes=30))  # a rerun from inside an hour redoes the whole hour
+    assert key_rows() == first
+
+    log(hour + timedelta(minutes=50), api_key=key, outcome="upstream_timeout")  # logged late
+    rollup_request_logs(since=hour)
+    assert key_rows()[0][2:4] == (2, 1)
+
+    row.delete()
+    KeyRollup.objects.filter(bucket_start=hour).update(requests=99)  # a stale figure is never kept
+    RequestLog.objects.filter(created_at__lt=hour + timedelta(hours=1)).delete()
+    rollup_request_logs(since=hour)  # the hour now has no log row at all: its key rows go
+    assert [r[0] for r in key_rows()] == [hour + timedelta(hours=1)]
+
+
+def test_key_hours_are_kept_as_long_as_the_model_hours():
+    key, _ = api_key_create(name="billing")
+    now = timezone.now()
+    for age in (timedelta(days=89), timedelta(days=91)):
+        log(now - age, api_key=key)
+    rollup_request_logs(since=now - timedelta(days=92))
+    stale = KeyRollup.objects.create(bucket_start=floor_hour(now - timedelta(days=95)), api_key=key, requests=1)
+    rollup_request_logs()
+    assert [r[0] for r in key_rows()] == [floor_hour(now - timedelta(days=89))]
+    assert not KeyRollup.objects.filter(pk=stale.pk).exists()
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
