@@ -21,6 +21,7 @@ def public(route, view, name):
 urlpatterns = [
     *public("chat/completions", api.ChatCompletionsView.as_view(), "chat-completions"),
     *public("completions", api.CompletionsView.as_view(), "completions"),
+    *public("embeddings", api.EmbeddingsView.as_view(), "embeddings"),
     *public("models", api.ModelsView.as_view(), "models"),
     *public("models/recommend", api.RecommendView.as_view(), "models-recommend"),
     *public("models/<path:model>", api.ModelDetailView.as_view(), "model-detail"),

@@ -1,8 +1,9 @@
-"""The OpenAI-compatible HTTP API: `/v1/chat/completions`, legacy `/v1/completions`, `/v1/models`, and `/healthz`
-(each public route also without `/v1`, see chatvault_site/urls.py).
+"""The OpenAI-compatible HTTP API: `/v1/chat/completions`, legacy `/v1/completions`, `/v1/embeddings`, `/v1/models`,
+and `/healthz` (each public route also without `/v1`, see chatvault_site/urls.py).
 
 Views only adapt HTTP: authenticate against the snapshot, parse, hand the request to `services.ChatRequest` (or
-`completions.CompletionRequest`), and shape the answer. Nothing here touches the database.
+`completions.CompletionRequest`, `embeddings.EmbeddingRequest`), and shape the answer. Nothing here touches the
+database.
 """
 
 import inspect
@@ -20,6 +21,7 @@ from rest_framework.renderers import JSONRenderer
 from experiments import feedback
 from routing import auth, request_log, runtime, snapshot
 from routing.completions import CompletionRequest
+from routing.embeddings import EmbeddingRequest
 from routing.errors import (
     GatewayError,
     InvalidRequest,
@@ -179,6 +181,12 @@ class CompletionsView(ChatCompletionsView):
     """POST /v1/completions — OpenAI's legacy text completions, streaming or not, for pass-through models."""
 
     service = CompletionRequest
+
+
+class EmbeddingsView(ChatCompletionsView):
+    """POST /v1/embeddings — OpenAI embeddings of a string or a batch of inputs, for embedding models."""
+
+    service = EmbeddingRequest
 
 
 def _model_entry(model):

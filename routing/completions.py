@@ -15,7 +15,7 @@ import dataclasses
 from routing import adapters, selection
 from routing.adapters import openai_compat
 from routing.errors import InvalidRequest
-from routing.services import ChatRequest
+from routing.services import ChatRequest, wrong_endpoint
 from routing.validation import validate_completion_body
 
 
@@ -49,11 +49,9 @@ class CompletionRequest(ChatRequest):
                 param="model",
                 code="completions_unsupported",
             )
-        snap = self.snapshot
-        if snap.auto_select:  # the gateway selects every chat request; a legacy one is served by the model it names
-            snap = dataclasses.replace(snap, auto_select=False)
-        choice = selection.choose_model(body=body, snapshot=snap, key=self.key)
-        self.decision["model"] = choice.decision
+        choice = self.choose_named(body)
+        if choice.model.embedding:
+            raise wrong_endpoint(choice.model)
         model = choice.model if not choice.model.instances else passthrough_only(choice.model)
         if model is None:
             raise InvalidRequest(
@@ -67,7 +65,8 @@ class CompletionRequest(ChatRequest):
                 {i.id for i in choice.model.instances} - {i.id for i in model.instances}
             )
         self.model = model
-        self.fallbacks = [f for f in map(passthrough_only, choice.fallbacks) if f is not None and f.instances]
+        fallbacks = (f for f in choice.fallbacks if not f.embedding)
+        self.fallbacks = [f for f in map(passthrough_only, fallbacks) if f is not None and f.instances]
         return model
 
     def upstream_complete(self, instance):

@@ -18,8 +18,9 @@ instance: export writes them on every entry of the model; on import an entry tha
 about it, and entries that disagree give the most conservative value (`routing.metadata`) and a warning.
 A section or key left out means its default (round-robin, auto_select false, no capabilities, no metadata override:
 the litellm map decides), as for any desired state. Keys of a real LiteLLM config that ChatVault does not use give
-one warning each and are otherwise ignored. Entries ChatVault cannot serve as chat models (wildcard names such as
-`*` or `anthropic/*`, a `model_info.mode` other than chat or completion: embedding, image_generation, audio, …) are
+one warning each and are otherwise ignored. `model_info.mode: embedding` makes an embedding model (served at
+`/v1/embeddings`, never for chat). Entries ChatVault cannot serve (wildcard names such as `*` or `anthropic/*`, a
+`model_info.mode` other than chat, completion or embedding: image_generation, audio, …) are
 skipped with one warning each, naming the entry and why; the rest of the file imports.
 An entry without `api_key` keeps the instance's stored key; `api_key: ""` clears it. An instance left without a key
 where one is needed (`routing.snapshot.key_missing`: importing an export where its secret was never stored) gets a
@@ -43,7 +44,7 @@ from experiments import config as experiments_config
 from routing import metadata, secrets, snapshot
 from routing.adapters import OPENAI_COMPATIBLE_KINDS
 from routing.balancer import APPROXIMATED, normalize_strategy
-from routing.models import Model, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
+from routing.models import Model, ModelMode, Provider, ProviderInstance, RoutingSettings, RoutingStrategy
 
 TOP_LEVEL_KEYS = ("model_list", "router_settings", "litellm_settings", "model_routing")
 # LiteLLM's load_balancer.yaml puts rpm/tpm beside litellm_params; litellm_params' own win.
@@ -69,9 +70,9 @@ METADATA_KEYS = {
     "output_cost_per_token": "output_cost_per_mtok",
 }
 INFO_KEYS = ("id", "enabled", "mode", *METADATA_KEYS)
-# model_info.mode values ChatVault serves (as chat); LiteLLM's others (embedding, image_generation, audio_*,
-# moderation, rerank, batch, …) are skipped with a warning rather than turned into chat models.
-SERVED_MODES = ("chat", "completion")
+# model_info.mode values ChatVault serves, with the Model.mode each becomes; LiteLLM's others (image_generation,
+# audio_*, moderation, rerank, batch, …) are skipped with a warning rather than turned into chat models.
+SERVED_MODES = {"chat": ModelMode.CHAT, "completion": ModelMode.CHAT, "embedding": ModelMode.EMBEDDING}
 # router_settings / litellm_settings keys mapped to gateway-wide settings (router_settings wins where both set one).
 SETTINGS_KEYS = ("num_retries", "timeout", "request_timeout", "allowed_fails", "cooldown_time")
 ROUTER_KEYS = ("routing_strategy", "fallbacks", "context_window_fallbacks", "model_group_alias", *SETTINGS_KEYS)
@@ -149,6 +150,7 @@ class _Entry:
     instance_id: str | None
     enabled: bool
     metadata: dict  # model_info metadata key -> value this entry sets (prices as exact Decimals per million tokens)
+    mode: str = ModelMode.CHAT  # the Model.mode its model_info.mode asks for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +167,7 @@ class _Plan:
     experiments: list | None  # experiments.config.ExperimentSpec; None: the file leaves experiments as they are
     settings: dict  # RoutingSettings field -> value, from router_settings / litellm_settings
     aliases: dict[str, str]  # model_group_alias: alias model name -> the model serving it
+    modes: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> Model.mode
 
 
 def load_config_file(path):
@@ -293,6 +296,7 @@ def _parse(data):
     for entry in entries:
         by_model.setdefault(entry.model_name, []).append(entry)
     model_metadata = {name: _model_metadata(name, by_model[name], warnings) for name in model_names}
+    modes = {name: _model_mode(name, by_model[name], errors) for name in model_names}
 
     if errors:
         raise ConfigError(errors, warnings)
@@ -307,6 +311,7 @@ def _parse(data):
         experiments=experiments,
         settings=settings,
         aliases=aliases,
+        modes=modes,
     )
     return plan, warnings
 
@@ -323,7 +328,7 @@ def _unserved(raw):
         # LiteLLM routes any model matching the pattern; ChatVault serves only the models it lists.
         return "wildcard model names are not served (list each model by name)"
     mode = info.get("mode")
-    if mode is not None and mode not in SERVED_MODES:
+    if mode is not None and (not isinstance(mode, str) or mode not in SERVED_MODES):
         return f"mode {mode} is not served yet"
     return None
 
@@ -457,6 +462,7 @@ def _parse_entry(index, raw, errors, unused):
         instance_id=instance_id,
         enabled=enabled,
         metadata=entry_metadata,
+        mode=ModelMode.EMBEDDING if info.get("mode") == "embedding" else ModelMode.CHAT,
     )
 
 
@@ -506,6 +512,16 @@ def _looks_numeric(value):
     except ValueError:
         return False
     return True
+
+
+def _model_mode(name, entries, errors):
+    """Return the Model.mode of a model's entries; add an error when they mix chat and embedding deployments."""
+    modes = {entry.mode for entry in entries}
+    if len(modes) > 1:
+        labels = ", ".join(f"{entry.label} is {entry.mode}" for entry in entries)
+        errors.append(f"model {name}: its entries mix chat and embedding deployments ({labels}); give each its own "
+                      "model_name")  # fmt: skip
+    return modes.pop()
 
 
 def _model_metadata(name, entries, warnings):
@@ -824,6 +840,7 @@ def _apply(plan, report):
             **plan.metadata.get(name, unset_metadata),
             **{key: plan.fallbacks[key].get(name, []) for key in FALLBACK_KEYS},
             "served_by": plan.aliases.get(name, ""),
+            "mode": plan.modes.get(name, ModelMode.CHAT),
         }
         model = models.get(name)
         if model is None:
@@ -1041,7 +1058,12 @@ def _export_entry(instance, *, include_secrets):
     return {
         "model_name": instance.model.name,
         "litellm_params": params,
-        "model_info": {"id": instance.id, "enabled": instance.enabled, **_export_metadata(instance.model)},
+        "model_info": {
+            "id": instance.id,
+            "enabled": instance.enabled,
+            **({"mode": "embedding"} if instance.model.mode == ModelMode.EMBEDDING else {}),
+            **_export_metadata(instance.model),
+        },
     }
 
 

@@ -16,6 +16,12 @@ Endpoints
         deterministic text, honouring ``max_tokens``, ``chunks``, ``status``,
         ``latency_ms`` and ``chunk_delay_ms``; ``prompt_tokens`` counts the
         words of string prompts and the ids of token prompts.
+    POST /v1/embeddings (also /embeddings)
+        Deterministic embeddings: one unit vector per input (a string, or a
+        list of token ids), seeded by the input alone, of ``dimensions``
+        (default 16) float32 values, as floats or little-endian base64 per
+        ``encoding_format``; ``prompt_tokens`` counts words (or token ids).
+        The chat fault knobs apply, except the stream-only ones.
     GET  /v1/models, GET /health
     GET|POST /_fake/config     Read or change the knobs for all later requests;
                                a null value resets that knob to its CLI default.
@@ -67,11 +73,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import dataclasses
+import hashlib
 import json
+import math
 import random
 import signal
+import struct
 import sys
 import time
 import uuid
@@ -86,6 +96,8 @@ REJECTIONS = {
     "invalid_model": (400, "model_not_found", "Invalid model name passed in model={model}."),
     "invalid_api_key": (401, "invalid_api_key", "Incorrect API key provided."),
 }
+# Length of the fake embeddings when a request does not ask for `dimensions`.
+EMBEDDING_DIMENSIONS = 16
 USAGE_CHUNKS = ("empty_choices", "empty_delta", "finish")
 KNOBS = (
     "status", "latency_ms", "chunk_delay_ms", "chunks", "error_rate", "fault", "retry_after", "echo_key", "usage",
@@ -247,6 +259,31 @@ def error_body(status: int, message: str | None = None, param: str | None = None
     }
 
 
+def embedding_inputs(value: Any) -> list | None:
+    """Return the items of an embeddings `input` (strings, or lists of token ids), or None if it is not one."""
+    if isinstance(value, str):
+        return [value] if value else None
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return [value]  # one input of token ids
+    if all(isinstance(item, str) and item for item in value):
+        return value
+    if all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in value):
+        return value
+    return None
+
+
+def embedding_vector(item: str | list, dimensions: int) -> list[float]:
+    """Return the fake embedding of one input: a unit vector that depends only on the input and the dimensions."""
+    seed = hashlib.blake2b(json.dumps(item).encode(), digest_size=8).digest()
+    rng = random.Random(int.from_bytes(seed, "big"))
+    raw = [rng.uniform(-1.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    # Rounded through float32, so the float and base64 encodings carry the same numbers.
+    return [struct.unpack("<f", struct.pack("<f", x / norm))[0] for x in raw]
+
+
 def _format_seconds(value: float) -> str:
     """Format a Retry-After value without a needless ".0"."""
     return str(int(value)) if value == int(value) else str(value)
@@ -329,51 +366,8 @@ class FakeProvider:
         self.records.append({"headers": headers, "body": body, "path": request.path})
         return overrides
 
-    # -- chat ------------------------------------------------------------
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        """Answer a chat completion request, honouring the configured faults."""
-        self.count += 1
-        self.in_flight += 1
-        try:
-            return await self._chat(request)
-        except (asyncio.CancelledError, ConnectionResetError):
-            if not request.get("fake_dropped"):
-                self.cancelled += 1
-            raise
-        finally:
-            self.in_flight -= 1
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        """Validate, record and answer one chat request."""
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        overrides = self._record(request, body)
-
-        knobs = self.knobs
-        if overrides:
-            knobs = dict(knobs)
-            try:
-                for name, value in overrides.items():
-                    knobs[name] = validate_knob(name, value)
-            except InvalidKnob as exc:
-                return self._error(400, f"Invalid fake header: {exc}")
-        # Draw on arrival so the error sequence only depends on request order.
-        failing = knobs["error_rate"] > 0 and self.rng.random() < knobs["error_rate"]
-
-        echo = request.headers.get("Authorization", "") if knobs["echo_key"] else None
-        if not isinstance(body, dict):
-            return self._error(400, "We could not parse the JSON body of your request.", echo=echo)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return self._error(400, "'messages' must be a non-empty array.", param="messages", echo=echo)
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens", echo=echo)
-
+    async def _faults(self, request, knobs: dict, body: dict, echo: str | None, failing: bool):
+        """Apply latency, then hang/disconnect, redirect, rejection and error status; return the error, or None."""
         if knobs["latency_ms"]:
             await asyncio.sleep(knobs["latency_ms"] / 1000)
         fault = knobs["fault"]
@@ -395,7 +389,68 @@ class FakeProvider:
             return self._error(status, retry_after=knobs["retry_after"], echo=echo)
         if failing:
             return self._error(500, retry_after=knobs["retry_after"], echo=echo)
+        return None
 
+    # -- chat ------------------------------------------------------------
+
+    async def _counted(self, handler, request: web.Request) -> web.StreamResponse:
+        """Return handler(request), counting the request, those in flight and those the client left."""
+        self.count += 1
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            if not request.get("fake_dropped"):
+                self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _read(self, request: web.Request) -> tuple[Any, dict]:
+        """Record the request; return (its JSON body or None, the knobs with its header overrides applied).
+
+        Raise InvalidKnob when a header's value is not one the knob can take.
+        """
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        overrides = self._record(request, body)
+        knobs = self.knobs
+        if overrides:
+            knobs = dict(knobs)
+            for name, value in overrides.items():
+                knobs[name] = validate_knob(name, value)
+        return body, knobs
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """Answer a chat completion request, honouring the configured faults."""
+        return await self._counted(self._chat, request)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """Validate, record and answer one chat request."""
+        try:
+            body, knobs = await self._read(request)
+        except InvalidKnob as exc:
+            return self._error(400, f"Invalid fake header: {exc}")
+        # Draw on arrival so the error sequence only depends on request order.
+        failing = knobs["error_rate"] > 0 and self.rng.random() < knobs["error_rate"]
+
+        echo = request.headers.get("Authorization", "") if knobs["echo_key"] else None
+        if not isinstance(body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.", echo=echo)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(400, "'messages' must be a non-empty array.", param="messages", echo=echo)
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            return self._error(400, "max_tokens must be a positive integer.", param="max_tokens", echo=echo)
+
+        refused = await self._faults(request, knobs, body, echo, failing)
+        if refused is not None:
+            return refused
+        fault = knobs["fault"]
         words = knobs["chunks"]
         finish_reason = "stop"
         if limit is not None and limit < words:
@@ -511,14 +566,8 @@ class FakeProvider:
     async def legacy(self, request: web.Request) -> web.StreamResponse:
         """Answer a legacy text completion request (status, latency, chunks and chunk delay knobs honoured)."""
         self.count += 1
-        raw = await request.read()
         try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        overrides = self._record(request, body)
-        try:
-            knobs = {**self.knobs, **{name: validate_knob(name, value) for name, value in overrides.items()}}
+            body, knobs = await self._read(request)
         except InvalidKnob as exc:
             return self._error(400, f"Invalid fake header: {exc}")
         prompt = body.get("prompt") if isinstance(body, dict) else None
@@ -561,6 +610,47 @@ class FakeProvider:
         await response.write(_DONE_EVENT)
         await response.write_eof()
         return response
+
+    # -- embeddings ------------------------------------------------------
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Answer an embeddings request with deterministic vectors (faults as for chat, except stream ones)."""
+        return await self._counted(self._embeddings, request)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Validate, record and answer one embeddings request."""
+        try:
+            body, knobs = await self._read(request)
+        except InvalidKnob as exc:
+            return self._error(400, f"Invalid fake header: {exc}")
+        failing = knobs["error_rate"] > 0 and self.rng.random() < knobs["error_rate"]
+        echo = request.headers.get("Authorization", "") if knobs["echo_key"] else None
+        if not isinstance(body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.", echo=echo)
+        inputs = embedding_inputs(body.get("input"))
+        if inputs is None:
+            return self._error(400, "'input' must be a non-empty string or array.", param="input", echo=echo)
+        dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= 4096:
+            return self._error(400, "'dimensions' must be an integer from 1 to 4096.", param="dimensions", echo=echo)
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            return self._error(400, "'encoding_format' must be float or base64.", param="encoding_format", echo=echo)
+        refused = await self._faults(request, knobs, body, echo, failing)
+        if refused is not None:
+            return refused
+        if knobs["fault"] == "garbage":
+            return web.Response(body=_GARBAGE_BODY, content_type=_JSON)
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding_vector(item, dimensions)
+            if encoding == "base64":
+                vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        tokens = sum(len(item.split()) if isinstance(item, str) else len(item) for item in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, **(knobs["usage"] or {})}
+        model = body.get("model") or self.config.models[0]
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
     # -- control endpoints -----------------------------------------------
 
@@ -630,6 +720,8 @@ def build_app(config: FakeConfig) -> web.Application:
     app.router.add_post("/chat/completions", fake.chat)
     app.router.add_post("/v1/completions", fake.legacy)
     app.router.add_post("/completions", fake.legacy)
+    app.router.add_post("/v1/embeddings", fake.embeddings)
+    app.router.add_post("/embeddings", fake.embeddings)
     app.router.add_get("/v1/models", fake.models)
     app.router.add_get("/models", fake.models)
     app.router.add_get("/health", fake.health)

@@ -155,7 +155,7 @@ def rank_models(*, body, snapshot, key, health=None):
         candidate_of(model, health(model) if health is not None else None, preferred=name == requested,
                      feedback=snapshot.quality.get((name, need.context_type)))  # fmt: skip
         for name, model in sorted(snapshot.models.items())
-        if key.may_select(name)
+        if key.may_select(name) and not model.embedding
     ]
     return analysed, need, weights, scoring.rank(candidates, need, weights)
 

@@ -5,6 +5,7 @@ happens after that: a bad body, an upstream failure, a finished stream, or a cli
 """
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -80,6 +81,15 @@ def _misconfigured(failure):
     return rejections.about_deployment(failure.message)
 
 
+def wrong_endpoint(model):
+    """Return the error for a model named on an endpoint its mode does not serve."""
+    if model.embedding:
+        message = f"The model '{model.name}' is an embedding model: use /v1/embeddings."
+    else:
+        message = f"The model '{model.name}' is a chat model: use /v1/chat/completions, or name an embedding model."
+    return InvalidRequest(message, param="model", code="wrong_endpoint")
+
+
 def sse(data):
     """Return one server-sent event carrying data (bytes of JSON)."""
     return b"data: " + data + b"\n\n"
@@ -132,8 +142,11 @@ class ChatRequest:
         choice = selection.choose_model(
             body=body, snapshot=self.snapshot, key=self.key, health=lambda model: routing_state.model_view(model, now)
         )
+        if choice.model.embedding:
+            self.decision["model"] = choice.decision
+            raise wrong_endpoint(choice.model)
         self.model = choice.model
-        self.fallbacks = list(choice.fallbacks)
+        self.fallbacks = [f for f in choice.fallbacks if not f.embedding]
         self.context_type = choice.context_type
         self.selection_reason = choice.reason if choice.selection else ""
         self.decision["model"] = choice.decision
@@ -173,13 +186,23 @@ class ChatRequest:
         if variant.model == choice.model.name:
             return
         model = self.snapshot.models.get(variant.model)
-        if model is None:
-            record["fell_back"] = f"'{variant.model}' is not enabled; served by '{choice.model.name}'"
+        if model is None or model.embedding:
+            record["fell_back"] = f"'{variant.model}' is not an enabled chat model; served by '{choice.model.name}'"
             return
         self.fallbacks = [choice.model, *(m for m in self.fallbacks if m.name != model.name)]
         self.model = model
         self.decision["model"]["served"] = model.name
         self.decision["model"]["reason"] = f"experiment '{experiment.id}', variant '{variant.name}'"
+
+    def choose_named(self, body):
+        """Return the Choice of the model the body names (alias and fallbacks followed), even where the gateway
+        selects every chat request: for the endpoints that selection and experiments do not serve."""
+        snap = self.snapshot
+        if snap.auto_select:
+            snap = dataclasses.replace(snap, auto_select=False)
+        choice = selection.choose_model(body=body, snapshot=snap, key=self.key)
+        self.decision["model"] = choice.decision
+        return choice
 
     def recommend(self, body):
         """Return the models a chat request would be selected from, best first, with why; call no upstream.
@@ -492,11 +515,7 @@ class ChatRequest:
         if problems:  # served all the same; the row says what the upstream got wrong
             self.decision["usage_problems"] = problems
         instance = self.instance
-        cost = None
-        if instance is not None:
-            cost = pricing.cost(
-                prompt_tokens, completion_tokens, instance.input_cost_per_token, instance.output_cost_per_token
-            )
+        cost = self.cost(prompt_tokens, completion_tokens)
         if self.attempts:
             self.decision["attempts"] = self.attempts
         body = self.body if isinstance(self.body, dict) else {}
@@ -541,6 +560,14 @@ class ChatRequest:
                 ),
             }
         )
+
+    def cost(self, prompt_tokens, completion_tokens):
+        """Return the USD cost of the call at the serving instance's prices, or None when unknown."""
+        instance = self.instance
+        if instance is None:
+            return None
+        return pricing.cost(prompt_tokens, completion_tokens, instance.input_cost_per_token,
+                            instance.output_cost_per_token)  # fmt: skip
 
     def record_error(self, error):
         """Record a request that ended with error."""

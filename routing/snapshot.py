@@ -23,6 +23,7 @@ from routing.models import (
     ConfigRevision,
     InstanceProbe,
     Model,
+    ModelMode,
     ProviderInstance,
     RoutingSettings,
     RoutingStrategy,
@@ -60,6 +61,8 @@ class InstanceConfig:
     breaker_reset_at: float | None = None
     # No API key where one is needed (`key_missing`): never routed to, shown as "no key".
     missing_key: bool = False
+    # Its model serves embeddings (Model.mode): probes ask for an embedding instead of a chat completion.
+    embedding: bool = False
     # Provider-specific litellm_params, resolved (ProviderInstance.resolved_params); not part of the hash.
     params: dict = dataclasses.field(default_factory=dict, hash=False)
 
@@ -108,6 +111,12 @@ class ModelConfig:
     fallbacks: tuple[str, ...] = ()  # model names, tried in order when this model cannot serve
     context_window_fallbacks: tuple[str, ...] = ()  # model names for requests too long for this model
     served_by: str = ""  # an alias: requests naming this model are served by that one (a promoted winner)
+    mode: str = "chat"  # Model.mode: which endpoint it serves (chat and legacy completions, or embeddings)
+
+    @property
+    def embedding(self):
+        """Return whether this model serves /v1/embeddings (and not chat)."""
+        return self.mode == ModelMode.EMBEDDING
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,6 +224,7 @@ def instance_config(inst, model):
         drained=inst.drained,
         breaker_reset_at=inst.breaker_reset_at.timestamp() if inst.breaker_reset_at else None,
         missing_key=key_missing(inst, params),
+        embedding=model.mode == ModelMode.EMBEDDING,
         params=params,
     )
 
@@ -244,6 +254,7 @@ def build():
             fallbacks=tuple(model.fallbacks or ()),
             context_window_fallbacks=tuple(model.context_window_fallbacks or ()),
             served_by=model.served_by,
+            mode=model.mode,
             context_window=meta.context_window,
             created=int(model.created_at.timestamp()),
             instances=tuple(configs),

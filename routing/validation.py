@@ -1,5 +1,5 @@
-"""Request validation: what a client's chat (or legacy text completion) body must look like before any model is
-chosen.
+"""Request validation: what a client's chat (or legacy text completion, or embeddings) body must look like before any
+model is chosen.
 
 The checks that make a body safe to route once, at the edge (STYLE.md 9): a JSON object with a model name and
 messages of known roles, no key that would let a client choose the upstream endpoint or credentials (at any depth),
@@ -140,3 +140,52 @@ def validate_completion_body(body):
         value = body.get(name)
         if value is not None and not valid(value):
             raise InvalidRequest(f"'{name}' must be {kind}.", param=name)
+
+
+# OpenAI's limit on the inputs of one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+EMBEDDING_ENCODINGS = ("float", "base64")
+
+
+def _is_embedding_input(value):
+    """Return whether value is an embeddings input: a non-empty string, or a non-empty array of non-empty strings,
+    of token ids, or of non-empty arrays of token ids."""
+    if isinstance(value, str):
+        return bool(value)
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(item, str) for item in value):
+        return all(value)
+    return _is_prompt(value)
+
+
+def embedding_input_count(value):
+    """Return how many embeddings a valid input asks for (one per string or token-id array)."""
+    if isinstance(value, str) or all(_is_int(item) for item in value):
+        return 1
+    return len(value)
+
+
+def validate_embeddings_body(body):
+    """Raise InvalidRequest unless body is a usable embeddings request (`POST /v1/embeddings`)."""
+    _validate_common(body)
+    value = body.get("input")
+    if not _is_embedding_input(value):
+        raise InvalidRequest(
+            "'input' is required and must be a non-empty string, or a non-empty array of non-empty strings, of token "
+            "ids or of arrays of token ids.",
+            param="input",
+        )
+    if embedding_input_count(value) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.", param="input")
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in EMBEDDING_ENCODINGS:
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not (_is_int(dimensions) and dimensions >= 1):
+        raise InvalidRequest("'dimensions' must be a positive integer.", param="dimensions")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+    if "stream" in body and body["stream"] not in (None, False):
+        raise InvalidRequest("Embeddings are not streamed: leave 'stream' out.", param="stream")

@@ -50,8 +50,12 @@ def make_key(name="test", **kwargs):
     return api_key_create(name=name, **kwargs)[1]
 
 
-def wait_for_model(gateway, raw_key, model_name, present=True, timeout=10):
-    """Wait until the gateway's snapshot lists (or no longer lists) the model for this key."""
+def wait_for_model(gateway, raw_key, model_name, present=True, timeout=30):
+    """Wait until the gateway's snapshot lists (or no longer lists) the model for this key.
+
+    The first litellm-served model a gateway process loads makes it import litellm first (seconds, more on a busy
+    machine), hence the generous timeout.
+    """
 
     def listed():
         status, _, body = gateway.request("GET", "/v1/models", headers={"Authorization": f"Bearer {raw_key}"})
@@ -96,6 +100,17 @@ def _breaker_states(gateway, headers):
     if status != 200:
         return None
     return {i["id"]: i["state"] for m in json.loads(body)["models"] for i in m["instances"]}
+
+
+def instance_stats(gateway):
+    """Return {instance id: its entry in the gateway's load-balancer stats}."""
+    headers = _stats_key()
+
+    def read():
+        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
+        return status == 200 and {i["id"]: i for m in json.loads(body)["models"] for i in m["instances"]}
+
+    return wait_until(read, timeout=10, message="load-balancer stats")
 
 
 def breaker_states(gateway):

@@ -3,12 +3,14 @@
 Two adapters implement it and pass the same conformance tests:
 - `openai_compat.OpenAICompatAdapter` forwards the request body to OpenAI-compatible upstreams over pooled aiohttp
   connections and relays stream chunks as they arrive;
-- `litellm_sdk.LiteLLMAdapter` calls `litellm.acompletion` for every other provider (Anthropic, Gemini, Bedrock, …).
+- `litellm_sdk.LiteLLMAdapter` calls `litellm.acompletion` (`litellm.aembedding`) for every other provider (Anthropic,
+  Gemini, Bedrock, …).
 
-An adapter takes the client's body and an `InstanceConfig`, and either returns a `Completion`, yields
-`StreamChunk`s, or raises `UpstreamFailure`. Timeouts are applied by the caller, the same way for both.
+An adapter takes the client's body and an `InstanceConfig`, and either returns a `Completion` (a chat completion, or
+the embeddings list of `embed`), yields `StreamChunk`s, or raises `UpstreamFailure`. Timeouts are applied by the
+caller, the same way for both.
 
-Callers go through `complete`, `stream` and `probe` below, never an adapter directly: they mask the instance's
+Callers go through `complete`, `stream`, `embed` and `probe` below, never an adapter directly: they mask the instance's
 secrets in every failure that leaves the seam. Upstreams echo the key they refused ("Incorrect API key provided:
 sk-…"), and a failure's message reaches the client, the SSE error event, the request log, probe results and logs.
 """
@@ -48,7 +50,8 @@ class UpstreamFailure(Exception):
 
 @dataclasses.dataclass(slots=True)
 class Completion:
-    """A non-streaming answer: the bytes to send the client and the parsed body (for usage)."""
+    """A non-streaming answer (a chat completion or an embeddings list): the bytes to send the client and the parsed
+    body (for usage)."""
 
     body: bytes
     data: dict
@@ -127,6 +130,21 @@ async def stream(instance, body):
         raise _masked(exc, instance) from None
     finally:
         await chunks.aclose()
+
+
+async def embed(instance, body):
+    """Return the instance's embeddings (a Completion of OpenAI's `list` shape) for body; raise UpstreamFailure
+    (secrets masked) on failure."""
+    try:
+        return await for_instance(instance).embed(instance, body)
+    except UpstreamFailure as exc:
+        raise _masked(exc, instance) from None
+
+
+def embeddings_data(data):
+    """Return whether a parsed answer is an embeddings list: `data` holding one object with an `embedding` each."""
+    items = data.get("data") if isinstance(data, dict) else None
+    return isinstance(items, list) and bool(items) and all(isinstance(i, dict) and "embedding" in i for i in items)
 
 
 async def probe(instance):

@@ -12,14 +12,16 @@ upstream names. litellm's own HTTP clients follow them, so it is given clients t
 """
 
 import asyncio
+import base64
 import functools
 import json
 import os
+import struct
 import weakref
 
 import httpx
 
-from routing.adapters import Completion, UpstreamFailure, chunk_from_dict, retry_after_seconds
+from routing.adapters import Completion, UpstreamFailure, chunk_from_dict, embeddings_data, retry_after_seconds
 
 OPENAI_PARAMS = frozenset(
     {
@@ -31,6 +33,9 @@ OPENAI_PARAMS = frozenset(
 )  # fmt: skip
 # Handled by the gateway itself, never forwarded from the client.
 GATEWAY_FIELDS = frozenset({"model", "stream", "stream_options"})
+# The OpenAI embeddings parameters litellm.aembedding takes as keyword arguments; `encoding_format` is the gateway's.
+EMBEDDING_PARAMS = frozenset({"input", "dimensions", "user"})
+EMBEDDING_GATEWAY_FIELDS = frozenset({"model", "encoding_format", "stream"})
 # Providers litellm calls through its own AsyncHTTPHandler, which a call takes as `client=` (read from litellm's
 # completion dispatch, and checked against a redirecting server). Most others, `openai/` first, go through the openai
 # SDK, whose HTTP client litellm takes from `litellm.aclient_session`; they must not get an AsyncHTTPHandler, which
@@ -207,12 +212,65 @@ class LiteLLMAdapter:
                 except Exception:  # closing a broken stream must not mask why it broke
                     pass
 
+    def _embedding_kwargs(self, instance, body):
+        """Return the keyword arguments for litellm.aembedding: always floats (see `embed`)."""
+        kwargs = {k: v for k, v in body.items() if k in EMBEDDING_PARAMS}
+        extra = {k: v for k, v in body.items() if k not in EMBEDDING_PARAMS and k not in EMBEDDING_GATEWAY_FIELDS}
+        if extra:
+            # litellm passes unknown keyword arguments on to the provider as optional parameters.
+            kwargs["extra_body"] = extra
+        kwargs.update(max_retries=0)
+        kwargs.update(instance.params)
+        kwargs.update(model=instance.litellm_model, num_retries=0, timeout=instance.timeout)
+        if instance.api_base:
+            kwargs["api_base"] = instance.api_base
+        if instance.api_key:
+            kwargs["api_key"] = instance.api_key
+        return kwargs
+
+    async def embed(self, instance, body):
+        """Return the embeddings list litellm produced, in the encoding the client asked for.
+
+        Providers other than OpenAI know no `encoding_format`, so litellm is always asked for floats and the gateway
+        encodes them as base64 (little-endian float32, as OpenAI does) when the client asked for that.
+        """
+        litellm = _litellm()
+        try:
+            resp = await litellm.aembedding(**self._embedding_kwargs(instance, body))
+        except _upstream_errors() as exc:
+            raise _failure(exc) from exc
+        dumped = resp.model_dump(exclude_none=True)
+        if not embeddings_data(dumped):
+            raise UpstreamFailure("bad_response", "upstream answered without embeddings")
+        # OpenAI's shape, as the pass-through relays it: litellm adds completion_tokens (0) and fields of its own.
+        usage = dumped.get("usage") or {}
+        data = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i.get("index", n), "embedding": i["embedding"]}
+                     for n, i in enumerate(dumped["data"])],
+            "model": dumped.get("model") or instance.upstream_model,
+            "usage": {name: usage[name] for name in ("prompt_tokens", "total_tokens") if name in usage},
+        }  # fmt: skip
+        if body.get("encoding_format") == "base64":
+            for item in data["data"]:
+                if isinstance(item["embedding"], list):
+                    vector = item["embedding"]
+                    item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return Completion(body=json.dumps(data, separators=(",", ":")).encode(), data=data)
+
     async def probe(self, instance):
-        """Send the cheapest real completion (one prompt word, one output token); raise UpstreamFailure on error.
+        """Send the cheapest real completion (one prompt word, one output token; an embedding of one word for an
+        embedding model); raise UpstreamFailure on error.
 
         Unlike the pass-through's model listing, this is a billed call: each probe costs a few tokens.
         """
         litellm = _litellm()
+        if instance.embedding:
+            try:
+                await litellm.aembedding(**self._embedding_kwargs(instance, {"input": "ping"}))
+            except _upstream_errors() as exc:
+                raise _failure(exc) from exc
+            return
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
         try:
             await litellm.acompletion(**self._kwargs(instance, body, stream=False))

@@ -1,10 +1,10 @@
-"""Pass-through adapter for upstreams that speak the OpenAI chat API: pooled aiohttp, body forwarded as-is.
+"""Pass-through adapter for upstreams that speak the OpenAI API: pooled aiohttp, body forwarded as-is.
 
 The client's JSON body is forwarded with only `model` replaced (and stream usage requested), the answer's bytes
 are relayed without re-modelling, and stream chunks are relayed as they arrive; usage is tapped from the one chunk
 that carries it. Legacy text completions (`POST {api_base}/completions`, `legacy_complete` / `legacy_stream`) go
 the same way: only the path differs, and their answers and chunks have the same `choices`, `finish_reason` and
-`usage` the relay reads.
+`usage` the relay reads. So do embeddings (`POST {api_base}/embeddings`), whose answer is relayed as it came.
 """
 
 import asyncio
@@ -19,6 +19,7 @@ from routing.adapters import (
     StreamChunk,
     UpstreamFailure,
     _masked,
+    embeddings_data,
     retry_after_seconds,
 )
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 _DONE = b"[DONE]"
 CHAT_PATH = "chat/completions"
 LEGACY_PATH = "completions"
+EMBEDDINGS_PATH = "embeddings"
 
 
 def _error_message(status, raw):
@@ -112,6 +114,20 @@ class OpenAICompatAdapter:
 
     async def complete(self, instance, body, path=CHAT_PATH):
         """Return the upstream's chat.completion (or text_completion, for the legacy path)."""
+        data, raw = await self._answer(instance, body, path)
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamFailure("bad_response", "upstream answered without choices")
+        return Completion(body=raw, data=data)
+
+    async def embed(self, instance, body):
+        """Return the upstream's embeddings list, relayed as it came (base64 when the client asked for it)."""
+        data, raw = await self._answer(instance, body, EMBEDDINGS_PATH)
+        if not embeddings_data(data):
+            raise UpstreamFailure("bad_response", "upstream answered without embeddings")
+        return Completion(body=raw, data=data)
+
+    async def _answer(self, instance, body, path):
+        """Return (parsed JSON, raw bytes) of a non-streaming call's successful answer."""
         resp = await self._post(instance, body, stream=False, path=path)
         try:
             raw = await resp.read()
@@ -120,12 +136,9 @@ class OpenAICompatAdapter:
         finally:
             resp.release()
         try:
-            data = json.loads(raw)
+            return json.loads(raw), raw
         except ValueError:
             raise UpstreamFailure("bad_response", "upstream answered with a body that is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamFailure("bad_response", "upstream answered without choices")
-        return Completion(body=raw, data=data)
 
     async def stream(self, instance, body, path=CHAT_PATH):
         """Yield the upstream's chunks as they arrive."""

@@ -215,10 +215,10 @@ class PublicModelAdmin(admin.ModelAdmin):
         "effective_prices",
         "missing_metadata",
     )
-    list_filter = ("enabled", "strategy", MissingMetadataFilter)
+    list_filter = ("enabled", "mode", "strategy", MissingMetadataFilter)
     search_fields = ("name",)
     fieldsets = (
-        (None, {"fields": ("name", "description", "enabled", "strategy", "capabilities")}),
+        (None, {"fields": ("name", "description", "enabled", "mode", "strategy", "capabilities")}),
         ("Fallbacks", {"fields": ("fallbacks", "context_window_fallbacks")}),
         (
             "Metadata overrides",

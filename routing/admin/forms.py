@@ -171,6 +171,7 @@ class PublicModelForm(forms.ModelForm):
             "name",
             "description",
             "enabled",
+            "mode",
             "strategy",
             "capabilities",
             "fallbacks",

@@ -112,7 +112,7 @@ def test_a_variant_whose_model_cannot_serve_falls_back_and_the_row_records_it(ga
     assert headers["x-chatvault-variant"] == "fb-b"  # still counted in its variant (intent to treat)
     stored = row(headers["x-request-id"])
     assert stored.variant == "fb-b" and stored.served_model == "fb-a"
-    assert "not enabled" in stored.decision["experiment"]["fell_back"]
+    assert "not an enabled chat model" in stored.decision["experiment"]["fell_back"]
 
 
 def test_an_unreachable_variant_fails_over_to_the_model_the_request_named(gateway, fake, fake_b):

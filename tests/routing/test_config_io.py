@@ -1080,7 +1080,7 @@ def test_the_import_command_prints_warnings_together_with_errors(tmp_path):
 
 
 @pytest.mark.django_db
-def test_wildcards_and_non_chat_modes_are_skipped_with_a_warning_naming_the_entry_and_the_rest_imports():
+def test_wildcards_and_unserved_modes_are_skipped_with_a_warning_naming_the_entry_and_the_rest_imports():
     data = {
         "model_list": [
             {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}},
@@ -1103,15 +1103,35 @@ def test_wildcards_and_non_chat_modes_are_skipped_with_a_warning_naming_the_entr
 
     report = routing_config_import(data=data)
 
-    assert sorted(Model.objects.values_list("name", flat=True)) == ["chat", "legacy", "said-chat"]
-    assert ProviderInstance.objects.count() == 3
-    assert report.warnings == [
+    modes = dict(Model.objects.values_list("name", "mode"))
+    assert modes == {"chat": "chat", "legacy": "chat", "said-chat": "chat", "text-embedding-3-small": "embedding"}
+    assert ProviderInstance.objects.count() == 4
+    assert report.warnings[:3] == [
         "model_list[1] (*): wildcard model names are not served (list each model by name); skipped",
         "model_list[2] (anthropic/*): wildcard model names are not served (list each model by name); skipped",
         "model_list[3] (claude-any): wildcard model names are not served (list each model by name); skipped",
-        "model_list[4] (text-embedding-3-small): mode embedding is not served yet; skipped",
-        "model_list[5] (dall-e): mode image_generation is not served yet; skipped",
     ]
+    assert report.warnings[3] == "model_list[5] (dall-e): mode image_generation is not served yet; skipped"
+
+
+@pytest.mark.django_db
+def test_an_embedding_model_round_trips_and_may_not_share_a_name_with_chat_deployments():
+    data = {"model_list": [{"model_name": "emb", "litellm_params": {"model": "openai/text-embedding-3-small"},
+                            "model_info": {"id": "emb-1", "mode": "embedding"}}]}  # fmt: skip
+    routing_config_import(data=data)
+    exported = routing_config_export()
+    (entry,) = exported["model_list"]
+    assert entry["model_info"]["mode"] == "embedding"
+    assert routing_config_import(data=exported).changes == []
+
+    mixed = {"model_list": [*data["model_list"], {"model_name": "emb", "litellm_params": {"model": "openai/gpt-4o"}}]}
+    with pytest.raises(ConfigError) as info:
+        routing_config_import(data=mixed)
+    assert info.value.errors == [
+        "model emb: its entries mix chat and embedding deployments (model_list[0] (emb) is embedding, model_list[1] "
+        "(emb) is chat); give each its own model_name"
+    ]
+    assert Model.objects.get(name="emb").mode == "embedding"
 
 
 @pytest.mark.django_db
@@ -1129,16 +1149,16 @@ def test_a_reference_to_a_skipped_entry_is_an_error_beside_the_warning_saying_wh
     data = {
         "model_list": [
             {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o"}},
-            {"model_name": "emb", "litellm_params": {"model": "openai/e"}, "model_info": {"mode": "embedding"}},
+            {"model_name": "img", "litellm_params": {"model": "openai/e"}, "model_info": {"mode": "image_generation"}},
         ],
-        "router_settings": {"fallbacks": [{"chat": ["emb"]}]},
+        "router_settings": {"fallbacks": [{"chat": ["img"]}]},
     }
 
     with pytest.raises(ConfigError) as info:
         routing_config_import(data=data)
 
-    assert info.value.errors == ["router_settings.fallbacks[0]: 'emb' not in model_list"]
-    assert info.value.warnings == ["model_list[1] (emb): mode embedding is not served yet; skipped"]
+    assert info.value.errors == ["router_settings.fallbacks[0]: 'img' not in model_list"]
+    assert info.value.warnings == ["model_list[1] (img): mode image_generation is not served yet; skipped"]
     assert not Model.objects.exists()
 
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from routing.models import Outcome
-from tests.factories import make_key, make_model, set_instance, tune, wait_for_model
+from tests.factories import instance_stats, make_key, make_model, set_instance, tune, wait_for_model
 from tests.gateway import wait_until
 from tests.helpers import MESSAGES, wait_rows
 
@@ -183,17 +183,6 @@ def test_a_full_outage_does_not_multiply_upstream_traffic(gateway, pair, fake, f
     rows = wait_rows(100)
     assert sum(r.attempts for r in rows) == upstream_attempts
     assert {r.status_code for r in rows} == {502}
-
-
-def instance_stats(gateway):
-    """Return {instance id: its entry in the load-balancer stats}."""
-    headers = {"Authorization": f"Bearer {make_key(name='stats', is_admin=True)}"}
-
-    def read():
-        status, _, body = gateway.request("GET", "/v1/admin/load-balancer/stats", headers=headers)
-        return status == 200 and {i["id"]: i for m in json.loads(body)["models"] for i in m["instances"]}
-
-    return wait_until(read, timeout=10, message="load-balancer stats")
 
 
 def test_a_genuine_client_error_costs_one_extra_attempt_reaches_the_client_and_trips_no_breaker(gateway, fake,

@@ -20,9 +20,9 @@ REFUSED = {
     "proxy/example_config_yaml/langfuse_config.yaml": "model_list[0] (gpt-3.5-turbo): litellm_params is required",
 }
 
-# Entries ChatVault skips with a warning (wildcards, modes other than chat), by config; the rest of each file imports.
+# Entries ChatVault skips with a warning (wildcards, modes other than chat and embedding), by config; the rest of
+# each file imports.
 SKIPPED = {
-    "proxy/example_config_yaml/_health_check_test_config.yaml": ["model_list[0] (text-embedding-ada-002)"],
     "proxy/example_config_yaml/oai_misc_config.yaml": [
         "model_list[1] (*)",
         "model_list[2] (anthropic/*)",

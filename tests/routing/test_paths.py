@@ -91,8 +91,8 @@ def test_errors_without_v1_are_the_same_as_with_it(served, gateway):
 @pytest.mark.parametrize(
     "method, path, headers",
     [
-        ("GET", "/embeddings", {}),  # an OpenAI route the gateway does not serve
-        ("POST", "/audio/speech", {}),
+        ("POST", "/audio/speech", {}),  # an OpenAI route the gateway does not serve
+        ("GET", "/images/generations", {}),
         ("GET", "/anything", {"Authorization": "Bearer cv-x"}),  # browsers send no bearer key
         ("POST", "/anything", {"Content-Type": "application/json"}),
     ],
@@ -106,7 +106,7 @@ def test_an_unknown_path_that_looks_like_an_api_call_is_a_404_in_openai_shape(ga
 def test_an_sdk_call_to_a_route_the_gateway_lacks_is_a_not_found_error(served):
     root, _, _ = served
     with pytest.raises(openai.NotFoundError) as exc:
-        root.embeddings.create(model="paths-test", input="hi")
+        root.images.generate(model="paths-test", prompt="a cat")
     assert exc.value.body["code"] == "not_found"
 
 
