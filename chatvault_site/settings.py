@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "axes",
+    "drf_spectacular_sidecar",  # Swagger UI's files, for /docs/
     "routing.apps.RoutingConfig",
     "experiments.apps.ExperimentsConfig",
 ]

@@ -1,5 +1,5 @@
-"""URL routes: the OpenAI-compatible API under /v1/ and at the root, operator endpoints under /v1/admin/, health, and
-Django admin.
+"""URL routes: the OpenAI-compatible API under /v1/ and at the root, operator endpoints under /v1/admin/, health, the
+API's description (/v1/openapi.json, rendered at /docs/) and Django admin.
 
 LiteLLM serves every OpenAI route with and without the `/v1` prefix, and many clients are configured with a base URL
 without it, so each public route is served at both (same view, same handler, same log rows). The operator endpoints
@@ -11,6 +11,7 @@ from django.urls import include, path
 
 from experiments.api import FeedbackView
 from routing import admin_api, api
+from routing.openapi import docs, openapi_json
 
 
 def public(route, view, name):
@@ -32,6 +33,8 @@ urlpatterns = [
     ),
     path("", include("experiments.urls")),
     path("healthz", api.healthz, name="healthz"),
+    *public("openapi.json", openapi_json, "openapi"),
+    path("docs/", docs, name="docs"),
     path("admin/", admin.site.urls),
 ]
 
