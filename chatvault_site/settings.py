@@ -27,6 +27,32 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS --------------------------------------------------------------------------------------------------------
+# What `manage.py check --deploy` asks for, on by default whenever DEBUG is off, under Django's own names. Plain http
+# on 127.0.0.1 turns the redirect and the secure cookies off: the `.env` that `make run` writes, and the tests.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Only the pages people open in a browser are redirected (the admin, the API docs). The API, /healthz and /metrics
+# answer plain http as they are: a load balancer's health check or a scraper must not get a 301, and a redirected
+# POST would arrive as a GET without its body.
+SECURE_REDIRECT_EXEMPT = [r"^(?!(admin|docs)(/|$))"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Sent on https responses only (browsers ignore it on http). A browser that saw it refuses plain http to this host
+# for that long: try TLS out with a few minutes first. The preload directive is only consent; nothing happens until
+# the domain's owner submits it to the browsers' preload list.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+# Behind a proxy that terminates TLS, the ASGI server already tells Django which requests came over https: uvicorn
+# and gunicorn take X-Forwarded-Proto from the addresses in --forwarded-allow-ips (default 127.0.0.1) only. This
+# makes Django believe the header (e.g. `HTTP_X_FORWARDED_PROTO,https`) whoever sent it: set it only when every
+# request reaches the app through a proxy that overwrites that header.
+SECURE_PROXY_SSL_HEADER = env.tuple("SECURE_PROXY_SSL_HEADER", default=None)
+if SECURE_PROXY_SSL_HEADER is not None and len(SECURE_PROXY_SSL_HEADER) != 2:
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER must be a header and a value, e.g. HTTP_X_FORWARDED_PROTO,https."
+    )
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

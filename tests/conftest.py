@@ -1,12 +1,21 @@
 """Shared fixtures. Tests run against a real Postgres (DATABASE_URL), real fake-provider processes and a real
 ChatVault process — no mocks of our own code."""
 
+import os
 
 import pytest
 from django.conf import settings
 
 from tests.fakes import FakeProvider
 from tests.gateway import Gateway
+
+# Tests speak plain http to 127.0.0.1 (the test client, gateway processes, the browser), so the HTTPS redirect and
+# secure cookies, on whenever DEBUG is off, are turned off unless the environment says otherwise: in this process,
+# whose settings are loaded already, and in every process a test starts.
+for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+    if name not in os.environ:
+        os.environ[name] = "false"
+        setattr(settings, name, False)
 
 
 @pytest.fixture(scope="session")
