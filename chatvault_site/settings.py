@@ -54,7 +54,7 @@ if SECURE_PROXY_SSL_HEADER is not None and len(SECURE_PROXY_SSL_HEADER) != 2:
     )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "chatvault_site.apps.AdminConfig",  # django.contrib.admin, with the dashboard as its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

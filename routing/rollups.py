@@ -281,18 +281,22 @@ def window_start(now, length):
     return floor_hour(now - length)
 
 
-def rollup_rows(start, end):
-    """Return (model, requests, successes, context types, cost, latency and TTFT histograms) of the rollups.
-
-    Minute rows from start up to its next whole hour, then hour rows up to end: every bucket once.
-    """
+def window_rollups(start, end):
+    """Return the rollups of the window from start to end: minute rows from start up to its next whole hour, then
+    hour rows up to end — every bucket once."""
     whole_hours = floor_hour(start) + timedelta(hours=1) if start != floor_hour(start) else start
-    rows = RequestRollup.objects.filter(
+    return RequestRollup.objects.filter(
         Q(granularity=MINUTE, bucket_start__gte=start, bucket_start__lt=whole_hours)
         | Q(granularity=HOUR, bucket_start__gte=whole_hours, bucket_start__lte=end)
     )
+
+
+def rollup_rows(start, end):
+    """Return (model, requests, successes, context types, cost, latency and TTFT histograms) of the window's rollups."""
     return list(
-        rows.order_by().values_list(
+        window_rollups(start, end)
+        .order_by()
+        .values_list(
             "model",
             "requests",
             "successes",

@@ -3,7 +3,8 @@ actions) and the gateway-wide routing settings.
 
 Actions that write with queryset `.update()` skip the model signals, so they bump `ConfigRevision` themselves. The
 instance pages show each instance's breaker state and in-flight count as the process serving the page sees them
-(shared across workers through Redis when it is configured; without it, only this process's own view).
+(shared across workers through Redis when it is configured; without it, only this process's own view). The model
+and instance lists show the dashboard's figures of their rows (`routing.admin.dashboard`: rollups, never the log).
 """
 
 import time
@@ -12,10 +13,12 @@ from django.contrib import admin, messages
 from django.db.models import Count, Prefetch
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
 
 from routing import metadata, state
+from routing.admin import dashboard
 from routing.admin.forms import ProviderForm, ProviderInstanceForm, ProviderInstanceInlineForm, PublicModelForm
-from routing.health import CLOSED
+from routing.admin_api import latest_probes
 from routing.models import (
     ConfigRevision,
     Model,
@@ -23,7 +26,6 @@ from routing.models import (
     ProviderInstance,
     RoutingSettings,
 )
-from routing.snapshot import NO_KEY, NO_KEY_REASON, key_missing
 
 # --- Actions --------------------------------------------------------------------------------------------------------
 
@@ -91,31 +93,88 @@ class LiveStateMixin:
 
     @admin.display(description="State")
     def breaker_state(self, obj):
-        """Return "disabled", "drained", "no key", or the breaker state (closed, open or half_open)."""
+        """Return "disabled", "drained", "no key", or the breaker state (closed, open, half open), in its colour."""
         if obj._state.adding:
             return "—"
-        if not obj.enabled:
-            return "disabled"
-        if obj.drained:
-            return "drained"
-        if key_missing(obj, obj.resolved_params()):
-            return NO_KEY
-        return state.get().breaker(obj.pk).current(time.time())
+        return dashboard.state_badge(dashboard.instance_state(obj, state.get(), time.time())[0])
+
+    @admin.display(description="State")
+    def live_state(self, obj):
+        """Return the state in its colour, with why the instance is not routed to below it (the list's column)."""
+        current, reason = dashboard.instance_state(obj, state.get(), time.time())
+        badge = dashboard.state_badge(current)
+        return format_html("{}<br>{}", badge, reason) if reason else badge
 
     @admin.display(description="Reason")
     def breaker_reason(self, obj):
         """Return why the instance is not routed to: no API key, or why its breaker is not closed."""
         if obj._state.adding:
             return "—"
-        if obj.enabled and key_missing(obj, obj.resolved_params()):
-            return f"{NO_KEY_REASON}: set one on the instance or its provider"
-        breaker = state.get().breaker(obj.pk)
-        return breaker.reason if breaker.current(time.time()) != CLOSED and breaker.reason else "—"
+        return dashboard.instance_state(obj, state.get(), time.time())[1] or "—"
 
     @admin.display(description="In flight")
     def in_flight(self, obj):
         """Return the requests in flight to the instance across workers."""
         return 0 if obj._state.adding else state.get().total_in_flight(obj.pk)
+
+
+class TrafficColumnsMixin:
+    """List columns with the rolled-up traffic of each row over the last hour and 24 hours, as on the dashboard.
+
+    The figures of a page's rows are read once, when its changelist is made (one query per window, however many
+    rows), and kept on the rows; `figures_of` says which of the dashboard's tables a row is in.
+    """
+
+    def get_changelist_instance(self, request):
+        """Return the changelist, with the figures of its page's rows read and put on them."""
+        changelist = super().get_changelist_instance(request)
+        rows = list(changelist.result_list)  # evaluated here, so the page renders these very objects
+        if rows:
+            self.attach_figures(rows)
+        return changelist
+
+    def attach_figures(self, rows):
+        """Put each row's Figures of both windows on it as `_figures` ({window name: Figures})."""
+        for name, tables in self.list_figures(rows).items():
+            for row in rows:
+                row.__dict__.setdefault("_figures", {})[name] = self.figures_of(row, tables)
+
+    @staticmethod
+    def _figures(obj, window):
+        """Return a row's Figures of a window, or None when the page did not read them (a detail page)."""
+        return getattr(obj, "_figures", {}).get(window)
+
+    @admin.display(description="1 h: req · errors")
+    def last_hour(self, obj):
+        """Return requests and error rate over the last hour."""
+        return self._traffic(self._figures(obj, "1h"))
+
+    @admin.display(description="24 h: req · errors")
+    def last_day(self, obj):
+        """Return requests and error rate over 24 hours, with the sparkline of each hour."""
+        figures = self._figures(obj, "24h")
+        return format_html("{}<br>{}", self._traffic(figures), figures.sparkline) if figures else "—"
+
+    @admin.display(description="p50 / p95 ms, 24 h")
+    def latency_day(self, obj):
+        """Return the latency and time-to-first-token percentiles over 24 hours, one above the other."""
+        figures = self._figures(obj, "24h")
+        if figures is None or not figures.latency:
+            return "—"
+        return format_html("{}<br>TTFT {}", figures.latency_text, figures.ttft_text)
+
+    @admin.display(description="Cost 24 h")
+    def cost_day(self, obj):
+        """Return the cost over 24 hours."""
+        figures = self._figures(obj, "24h")
+        return figures.cost_text if figures else "—"
+
+    @staticmethod
+    def _traffic(figures):
+        """Return "requests · error rate" of Figures, or "—"."""
+        if figures is None:
+            return "—"
+        return f"{figures.requests} · {figures.error_rate_text}" if figures.requests else "0"
 
 
 class ProviderInstanceInline(LiveStateMixin, admin.TabularInline):
@@ -201,19 +260,23 @@ class MissingMetadataFilter(admin.SimpleListFilter):
 
 
 @admin.register(Model)
-class PublicModelAdmin(admin.ModelAdmin):
-    """Public model names, their metadata, and the instances that serve them."""
+class PublicModelAdmin(TrafficColumnsMixin, admin.ModelAdmin):
+    """Public model names, their metadata, the instances that serve them, and how they are doing."""
 
     form = PublicModelForm
     list_display = (
         "name",
-        "enabled",
+        "health",
         "routing_strategy",
         "instance_count",
         "capability_list",
         "effective_window",
         "effective_prices",
         "missing_metadata",
+        "last_hour",
+        "last_day",
+        "latency_day",
+        "cost_day",
     )
     list_filter = ("enabled", "mode", "strategy", MissingMetadataFilter)
     search_fields = ("name",)
@@ -251,6 +314,29 @@ class PublicModelAdmin(admin.ModelAdmin):
             .annotate(instance_count=Count("instances"))
             .prefetch_related(Prefetch("instances", queryset=enabled, to_attr="enabled_instances"))
         )
+
+    def list_figures(self, rows):
+        """Return the dashboard's figures of these models; note each one's instance states on it (2 queries)."""
+        routing_state, now = state.get(), time.time()
+        states = {}
+        instances = ProviderInstance.objects.filter(model__in=rows).select_related("provider")
+        for inst in instances:
+            states.setdefault(inst.model_id, []).append(dashboard.instance_state(inst, routing_state, now)[0])
+        for row in rows:
+            row._health = dashboard.model_health(row.enabled, states.get(row.pk, []))
+        return dashboard.list_figures(models=[row.name for row in rows])
+
+    @staticmethod
+    def figures_of(row, tables):
+        """Return a model's Figures from the dashboard's (by model, by instance) tables."""
+        return tables[0].get(row.name) or dashboard.Figures()
+
+    @admin.display(description="State", ordering="enabled")
+    def health(self, obj):
+        """Return how many of the model's instances serve, in the colour of the model's health."""
+        if not hasattr(obj, "_health"):
+            return "—"
+        return dashboard.state_badge(*obj._health)
 
     @admin.display(description="Strategy", ordering="strategy")
     def routing_strategy(self, obj):
@@ -305,21 +391,20 @@ class PublicModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderInstance)
-class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
+class ProviderInstanceAdmin(LiveStateMixin, TrafficColumnsMixin, admin.ModelAdmin):
     """Deployments of models on providers; each may carry its own write-only key."""
 
     form = ProviderInstanceForm
     list_display = (
         "id",
         "model",
-        "provider",
-        "litellm_model",
-        "endpoint",
-        "weight",
-        "enabled",
-        "breaker_state",
-        "breaker_reason",
+        "live_state",
         "in_flight",
+        "last_hour",
+        "last_day",
+        "latency_day",
+        "cost_day",
+        "last_probe",
         "key",
     )
     list_filter = ("provider", "model", "enabled", "drained")
@@ -372,6 +457,35 @@ class ProviderInstanceAdmin(LiveStateMixin, admin.ModelAdmin):
         """Leave out the live state of an instance that does not exist yet."""
         fieldsets = super().get_fieldsets(request, obj)
         return fieldsets if obj is not None else [fs for fs in fieldsets if fs[0] != "Live state"]
+
+    def list_figures(self, rows):
+        """Return the dashboard's figures of these instances; note each one's latest probe on it (2 queries)."""
+        probes = latest_probes([row.pk for row in rows])
+        for row in rows:
+            row._probe = dashboard.probe_summary(probes.get(row.pk))
+        return dashboard.list_figures(instance_ids=[row.pk for row in rows])
+
+    @staticmethod
+    def figures_of(row, tables):
+        """Return an instance's Figures from the dashboard's (by model, by instance) tables."""
+        return tables[1].get(row.pk) or dashboard.Figures()
+
+    @admin.display(description="Last probe")
+    def last_probe(self, obj):
+        """Return the latest probe: ok or failed, latency or error, and how long ago."""
+        probe = getattr(obj, "_probe", None)
+        if probe is None:
+            return "—"
+        detail = f"{probe['latency_ms']:.0f} ms" if probe["latency_ms"] is not None else ""
+        if probe["error"]:
+            detail = probe["error"][:80]
+        return format_html(
+            '<span style="color: {}">{}</span>{}<br>{} ago',
+            dashboard.STATE_COLOURS["closed" if probe["ok"] else "open"],
+            "ok" if probe["ok"] else "failed",
+            f" · {detail}" if detail else "",
+            timesince(probe["at"]),
+        )
 
     @admin.display(description="API base")
     def endpoint(self, obj):
