@@ -1,11 +1,10 @@
 """Read-only admin for what the gateway records: active-probe results and the request log."""
 
-import json
 import uuid
 
 from django.contrib import admin
-from django.utils.html import format_html
 
+from routing.admin import decision_story
 from routing.models import (
     InstanceProbe,
     RequestLog,
@@ -69,13 +68,12 @@ class RequestLogAdmin(ReadOnlyAdmin):
         (None, {"fields": ("request_id", "created_at", "endpoint", "api_key", "user")}),
         (
             "Routing",
-            {"fields": ("requested_model", "served_model", "instance", "attempts", "decision_pretty")},
+            {"fields": ("requested_model", "served_model", "instance", "attempts")},
         ),
         ("Outcome", {"fields": ("stream", "outcome", "status_code", "error_type", "error_message")}),
         ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms")}),
         ("Experiment", {"fields": ("experiment", "variant", "experiment_unit")}),
     )
-    readonly_fields = ("decision_pretty",)
 
     def get_search_results(self, request, queryset, search_term):
         """Look a full request id up through its unique index instead of a substring scan."""
@@ -85,7 +83,8 @@ class RequestLogAdmin(ReadOnlyAdmin):
             return super().get_search_results(request, queryset, search_term)
         return queryset.filter(request_id=request_id), False
 
-    @admin.display(description="Decision")
-    def decision_pretty(self, obj):
-        """Return the routing decision as indented JSON."""
-        return format_html("<pre>{}</pre>", json.dumps(obj.decision, indent=2, sort_keys=True, ensure_ascii=False))
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        """Add the decision, told as a story with its raw JSON folded below (`decision_story`), to the detail page."""
+        if obj is not None:
+            context["story"] = decision_story.story(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
