@@ -177,6 +177,8 @@ CHATVAULT_CONFIG_POLL_SECONDS = env.float("CHATVAULT_CONFIG_POLL_SECONDS", defau
 # Request-log batching: a batch is written when it is this big or this old, whichever comes first.
 CHATVAULT_LOG_BATCH_SIZE = env.int("CHATVAULT_LOG_BATCH_SIZE", default=500)
 CHATVAULT_LOG_FLUSH_SECONDS = env.float("CHATVAULT_LOG_FLUSH_SECONDS", default=0.5)
+# Record every thread's stack when the event loop stalls over 1 ms (routing/loop_monitor.py; a diagnosis tool).
+CHATVAULT_LOOP_STALL_STACKS = env.bool("CHATVAULT_LOOP_STALL_STACKS", default=False)
 # Serve the admin's static files from the ASGI app itself (turn off when a reverse proxy serves STATIC_ROOT).
 CHATVAULT_SERVE_STATIC = env.bool("CHATVAULT_SERVE_STATIC", default=True)
 # Upstream secrets written as `os.environ/NAME` are resolved from this process's environment at snapshot time.

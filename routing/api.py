@@ -19,7 +19,7 @@ from django.views import defaults
 from rest_framework.renderers import JSONRenderer
 
 from experiments import feedback
-from routing import auth, request_log, runtime, snapshot
+from routing import auth, loop_monitor, request_log, runtime, snapshot
 from routing.completions import CompletionRequest
 from routing.embeddings import EmbeddingRequest
 from routing.errors import (
@@ -260,6 +260,7 @@ async def healthz(request):
             "config_revision": str(snap.token) if snap.token else None,
             "request_log": request_log.stats(),
             "feedback": feedback.stats(),
+            "event_loop": loop_monitor.monitor.stats(),
         }
     )
 

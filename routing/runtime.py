@@ -15,10 +15,11 @@ import gc
 import logging
 import time
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from experiments import feedback
-from routing import request_log, snapshot, state
+from routing import loop_monitor, request_log, snapshot, state
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ async def startup():
             await asyncio.to_thread(_start_sync)
             state.get().start_sync()
             _state["maintenance"] = asyncio.get_running_loop().create_task(_maintain())
+            loop_monitor.monitor.start(stacks=settings.CHATVAULT_LOOP_STALL_STACKS)
             # Everything loaded so far (Django, the snapshot, …) lives for the whole process: move it out of the
             # cyclic GC's reach so full collections stay short and don't stall requests.
             gc.collect()
@@ -150,6 +152,7 @@ async def shutdown():
     if _state["maintenance"] is not None:
         _state["maintenance"].cancel()
         _state["maintenance"] = None
+    loop_monitor.monitor.stop()
     await state.get().stop_sync()
     await asyncio.to_thread(request_log.stop)
     await asyncio.to_thread(feedback.stop)

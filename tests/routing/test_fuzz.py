@@ -178,7 +178,7 @@ def expects_row(method, target, valid_key):
     route = target.split("?", 1)[0]
     if not valid_key:
         return False
-    if route in ("/v1/chat/completions", "/v1/models/recommend"):
+    if route in ("/v1/chat/completions", "/v1/models/recommend", "/v1/embeddings"):
         return method == "POST"
     # Django's <path:…> converter does not match a newline: such an id has no route, so nothing authenticates it.
     detail = route.startswith("/v1/models/") and len(route) > 11 and "\n" not in urllib.parse.unquote(route)
