@@ -230,4 +230,10 @@ CELERY_BEAT_SCHEDULE = {
         "kwargs": {"lookback_seconds": 15 * 60},
         "options": {"expires": 60.0},
     },
+    # The request log's day partitions for the week ahead; the days past the retention dropped (routing/partitions.py).
+    "maintain-request-log": {
+        "task": "routing.tasks.maintain_request_log",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }

@@ -213,15 +213,9 @@ class Feedback(models.Model):
         return f"{self.request_id} {self.metric}={self.score:g}"
 
 
-class UnitRollup(models.Model):
-    """One unit's totals in one experiment and variant, over the whole experiment (what per-unit analysis needs).
-
-    The unit is the randomisation unit, so results compare variants over units: each unit's mean of a per-request
-    metric is one observation (`experiments.results`). `<metric>_n` counts the unit's requests that have a value of
-    the metric and `<metric>_sum` adds them; feedback is {metric: [n, sum]}. Written only by `experiments.rollups`,
-    which recomputes a unit's row from all its requests whenever it made a request or got feedback, so reruns give
-    the same rows.
-    """
+class UnitTotals(models.Model):
+    """A unit's request totals in one experiment and variant: `<metric>_n` counts its requests that have a value of
+    the metric and `<metric>_sum` adds them."""
 
     experiment = models.CharField(max_length=64)
     variant = models.CharField(max_length=100)
@@ -240,9 +234,9 @@ class UnitRollup(models.Model):
     completion_tokens_sum = models.BigIntegerField(default=0)
     cost_usd_n = models.PositiveIntegerField(default=0)
     cost_usd_sum = models.FloatField(default=0)
-    feedback = models.JSONField(default=dict, blank=True, help_text="{metric: [n, sum]} of the unit's feedback.")
 
     class Meta:
+        abstract = True
         ordering = ["experiment", "variant", "unit"]
         constraints = [
             models.UniqueConstraint(fields=["experiment", "variant", "unit"], name="%(app_label)s_%(class)s_unique"),
@@ -250,6 +244,32 @@ class UnitRollup(models.Model):
 
     def __str__(self):
         return f"{self.experiment}/{self.variant}/{self.unit}"
+
+
+class UnitRollup(UnitTotals):
+    """One unit's totals in one experiment and variant, over the whole experiment (what per-unit analysis needs).
+
+    The unit is the randomisation unit, so results compare variants over units: each unit's mean of a per-request
+    metric is one observation (`experiments.results`); feedback is {metric: [n, sum]}. Written only by
+    `experiments.rollups`, which recomputes a unit's row from all its requests whenever it made a request or got
+    feedback (the rows retention dropped counting through RetiredUnitTotals), so reruns give the same rows.
+    """
+
+    feedback = models.JSONField(default=dict, blank=True, help_text="{metric: [n, sum]} of the unit's feedback.")
+
+    class Meta(UnitTotals.Meta):
+        pass
+
+
+class RetiredUnitTotals(UnitTotals):
+    """A unit's totals over its request-log rows that retention dropped (`routing.partitions`), added as they go.
+
+    UnitRollup is recomputed from these plus the rows still in the log, so a unit's totals stay whole after its
+    oldest requests are gone. Written only by `experiments.rollups.retire_units`.
+    """
+
+    class Meta(UnitTotals.Meta):
+        verbose_name_plural = "retired unit totals"
 
 
 class VariantRollup(models.Model):

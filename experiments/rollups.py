@@ -8,10 +8,13 @@
   experiment (the unit's totals over the whole experiment), replaced.
 
 So a rerun gives the same rows, and a late row (a long stream is logged when it ends; feedback comes later still)
-is counted by the next run whose window holds its write. Every figure is grouped in SQL (Django's ORM, so SQLite
-works too); Python only assembles the grouped rows. Per-request metrics: success_rate is 1 per request whose outcome
-is ok, else 0; latency_ms and ttft_ms are of successful requests; tokens and cost of the requests that have them.
-A feedback metric that shares a built-in metric's name is left out (the built-in one is what results mean by it).
+is counted by the next run whose window holds its write. When retention drops old log rows (`routing.partitions`),
+`retire_units` first adds their units' totals to RetiredUnitTotals, which a unit's recomputation adds back, and the
+hours of dropped rows are never recomputed: the rollups outlive the log. Every figure is grouped in SQL (Django's
+ORM, so SQLite works too); Python only assembles the grouped rows. Per-request metrics: success_rate is 1 per request
+whose outcome is ok, else 0; latency_ms and ttft_ms are of successful requests; tokens and cost of the requests that
+have them. A feedback metric that shares a built-in metric's name is left out (the built-in one is what results
+mean by it).
 """
 
 import dataclasses
@@ -22,8 +25,8 @@ from django.db.models import Count, F, FloatField, Max, Min, Q, Sum
 from django.db.models.functions import Cast, Coalesce, TruncHour
 from django.utils import timezone
 
-from experiments.models import BUILTIN_METRICS, Feedback, UnitRollup, VariantRollup
-from routing import histogram
+from experiments.models import BUILTIN_METRICS, Feedback, RetiredUnitTotals, UnitRollup, VariantRollup
+from routing import histogram, partitions
 from routing.models import Outcome, RequestLog
 from routing.rollups import floor_hour, histogram_bucket
 
@@ -42,6 +45,12 @@ REQUEST_METRICS = {
     "cost_usd": False,
 }
 _OK = Q(outcome=Outcome.OK)
+# The totals a unit's rows add up to, in UnitRollup and RetiredUnitTotals alike.
+TOTALS = (
+    "requests",
+    "successes",
+    *(f"{metric}_{part}" for metric in REQUEST_METRICS for part in ("n", "sum")),
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,10 +76,17 @@ def rollup_experiments(*, since=None, until=None, lookback=timedelta(0)):
         if since is None:
             return RollupRun()
     run = RollupRun(start=floor_hour(since), end=floor_hour(until or now) + timedelta(hours=1))
-    _replace_hours(run)
-    _replace_rated_hours(run)
+    kept_from = _kept_hours_from()
+    _replace_hours(run, kept_from)
+    _replace_rated_hours(run, kept_from)
     _replace_units(run)
     return run
+
+
+def _kept_hours_from():
+    """Return the first hour whose log rows retention has not dropped (hours before it keep their rollups), or None."""
+    purged = partitions.kept_since()
+    return None if purged is None else floor_hour(purged + timedelta(hours=1) - timedelta(microseconds=1))
 
 
 def _experiment_logs():
@@ -101,9 +117,10 @@ def _take_turns():
 # --- per variant and hour -----------------------------------------------------------------------------------------
 
 
-def _replace_hours(run):
-    """Replace the variant rollups of every hour of the run, chunk by chunk; hours without requests cost nothing."""
-    chunk_start = run.start
+def _replace_hours(run, kept_from):
+    """Replace the variant rollups of every hour of the run whose rows are kept, chunk by chunk; hours without
+    requests cost nothing."""
+    chunk_start = run.start if kept_from is None else max(run.start, kept_from)
     while chunk_start < run.end:
         with transaction.atomic():
             _take_turns()
@@ -123,17 +140,17 @@ def _replace_hours(run):
         chunk_start = chunk_end
 
 
-def _replace_rated_hours(run):
-    """Replace the hours before the run's window whose requests were rated (or re-rated) inside it."""
+def _replace_rated_hours(run, kept_from):
+    """Replace the hours before the run's window whose requests were rated (or re-rated) inside it and are kept."""
     rated = (
         _experiment_feedback()
         .filter(updated_at__gte=run.start, updated_at__lt=run.end)
         .annotate(bucket=TruncHour(Coalesce("request_created_at", "created_at"), tzinfo=UTC))
         .filter(bucket__lt=run.start)
-        .values_list("experiment", "bucket")
-        .distinct()
     )
-    for experiment, bucket in list(rated):
+    if kept_from is not None:
+        rated = rated.filter(bucket__gte=kept_from)
+    for experiment, bucket in list(rated.values_list("experiment", "bucket").distinct()):
         with transaction.atomic():
             _take_turns()
             run.variant_rows += len(_replace(bucket, bucket + timedelta(hours=1), experiment=experiment))
@@ -260,7 +277,8 @@ def _replace_units(run):
 
 
 def _aggregate_units(experiment, units):
-    """Return the UnitRollup rows (unsaved) of these units: each one's totals over all its rows in the experiment."""
+    """Return the UnitRollup rows (unsaved) of these units: each one's totals over all its rows in the experiment,
+    those retention dropped included (RetiredUnitTotals)."""
     feedback = {}
     rated = (
         _experiment_feedback()
@@ -272,17 +290,36 @@ def _aggregate_units(experiment, units):
     for variant, unit, metric, n, total in rated:
         feedback.setdefault((variant, unit), {})[metric] = [n, total]
 
-    grouped = (
-        _experiment_logs()
-        .filter(experiment=experiment, experiment_unit__in=units)
-        .values("variant", "experiment_unit")
-        .annotate(
-            first_seen=Min("created_at"),
-            last_seen=Max("created_at"),
-            n=Count("pk"),
-            successes=Count("pk", filter=_OK),
-            **metric_aggregates(squares=False),
-        )
+    rows = {}
+    for row in _unit_totals(UnitRollup, _experiment_logs().filter(experiment=experiment, experiment_unit__in=units)):
+        row.feedback = feedback.get((row.variant, row.unit), {})
+        rows[row.variant, row.unit] = row
+    # What retention dropped of these units counts as if the rows were still there.
+    for retired in RetiredUnitTotals.objects.filter(experiment=experiment, unit__in=units):
+        row = rows.get((retired.variant, retired.unit))
+        if row is None:
+            row = rows[retired.variant, retired.unit] = UnitRollup(
+                experiment=experiment,
+                variant=retired.variant,
+                unit=retired.unit,
+                first_seen=retired.first_seen,
+                last_seen=retired.last_seen,
+                feedback=feedback.get((retired.variant, retired.unit), {}),
+            )
+            for name in TOTALS:
+                setattr(row, name, 0)
+        _add_totals(row, retired)
+    return list(rows.values())
+
+
+def _unit_totals(model, logs):
+    """Return unsaved `model` rows (UnitRollup or RetiredUnitTotals) of the log rows' totals per variant and unit."""
+    grouped = logs.values("experiment", "variant", "experiment_unit").annotate(
+        first_seen=Min("created_at"),
+        last_seen=Max("created_at"),
+        n=Count("pk"),
+        successes=Count("pk", filter=_OK),
+        **metric_aggregates(squares=False),
     )
     rows = []
     for totals in grouped:
@@ -291,17 +328,56 @@ def _aggregate_units(experiment, units):
         sums["prompt_tokens_sum"] = round(sums["prompt_tokens_sum"])
         sums["completion_tokens_sum"] = round(sums["completion_tokens_sum"])
         rows.append(
-            UnitRollup(
-                experiment=experiment,
+            model(
+                experiment=totals["experiment"],
                 variant=totals["variant"],
                 unit=totals["experiment_unit"],
                 first_seen=totals["first_seen"],
                 last_seen=totals["last_seen"],
                 requests=totals["n"],
                 successes=totals["successes"],
-                feedback=feedback.get((totals["variant"], totals["experiment_unit"]), {}),
                 **{f"{metric}_n": totals[f"{metric}_n"] for metric in REQUEST_METRICS},
                 **sums,
             )
         )
     return rows
+
+
+def _add_totals(row, other):
+    """Add other's totals (and time span) to row's."""
+    for name in TOTALS:
+        setattr(row, name, getattr(row, name) + getattr(other, name))
+    row.first_seen = min(row.first_seen, other.first_seen)
+    row.last_seen = max(row.last_seen, other.last_seen)
+
+
+# --- retention ----------------------------------------------------------------------------------------------------
+
+
+def retire_units(*, since, before):
+    """Add the totals of the experiment rows created from since (None: the log's start) to before, which are about
+    to be dropped, to RetiredUnitTotals; return how many units. Call it in the transaction that drops the rows."""
+    _take_turns()
+    logs = _experiment_logs().filter(created_at__lt=before)
+    if since is not None:
+        logs = logs.filter(created_at__gte=since)
+    fresh = {(row.experiment, row.variant, row.unit): row for row in _unit_totals(RetiredUnitTotals, logs)}
+    by_experiment = {}
+    for experiment, _, unit in fresh:
+        by_experiment.setdefault(experiment, set()).add(unit)
+    for experiment, units in by_experiment.items():
+        units = sorted(units)
+        for first in range(0, len(units), UNIT_BATCH):
+            batch = units[first : first + UNIT_BATCH]
+            for retired in RetiredUnitTotals.objects.filter(experiment=experiment, unit__in=batch):
+                row = fresh.get((experiment, retired.variant, retired.unit))
+                if row is not None:
+                    _add_totals(row, retired)
+    RetiredUnitTotals.objects.bulk_create(
+        fresh.values(),
+        batch_size=1000,
+        update_conflicts=True,
+        unique_fields=["experiment", "variant", "unit"],
+        update_fields=["first_seen", "last_seen", *TOTALS],
+    )
+    return len(fresh)

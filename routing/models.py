@@ -8,7 +8,7 @@ import json
 import secrets as pysecrets
 import uuid
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from routing import secrets
@@ -51,6 +51,11 @@ class ConfigRevision(models.Model):
     def current_token(cls):
         """Return the current revision token, or None before the first change."""
         return cls.objects.filter(pk=1).values_list("token", flat=True).first()
+
+
+# One partition a day on Postgres (routing.partitions): a longer retention would mean more partitions than a query
+# plan should walk.
+MAX_LOG_RETENTION_DAYS = 400
 
 
 def default_type_weights():
@@ -123,6 +128,23 @@ class RoutingSettings(models.Model):
         default=30, help_text="How often each enabled instance is probed; 0 turns probing off."
     )
     health_check_timeout_seconds = models.FloatField(default=10, help_text="Timeout of one probe.")
+    # Request log retention (routing.partitions).
+    request_log_retention_days = models.PositiveIntegerField(
+        "request log retention (days)",
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_LOG_RETENTION_DAYS)],
+        help_text=(
+            "Keep request-log rows at least this many days; older days are dropped whole, hourly. The rollups behind "
+            "the stats, the dashboard and experiment results are kept on their own and do not need the rows."
+        ),
+    )
+    request_log_purged_before = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Request-log rows created before this were dropped by retention; rollups are never recomputed "
+        "before it.",
+    )
 
     class Meta:
         verbose_name = "routing settings"
@@ -490,16 +512,29 @@ class Outcome(models.TextChoices):
 
 
 class RequestLog(models.Model):
-    """One row per authenticated request, written in batches off the request path."""
+    """One row per authenticated request, written in batches off the request path.
 
-    request_id = models.UUIDField(unique=True)
-    created_at = models.DateTimeField(db_index=True, help_text="When the request arrived.")
+    On Postgres the table is partitioned by day of created_at (`routing.partitions`), so its primary key is
+    (id, created_at) there and the request id is unique together with created_at: a partitioned table's unique
+    constraints must hold its partition key. Every index leads with a filter's column and ends with created_at, so
+    each admin filter reads its newest rows in order.
+    """
+
+    request_id = models.UUIDField()
+    created_at = models.DateTimeField(help_text="When the request arrived.")
     endpoint = models.CharField(max_length=32, default="chat.completions", help_text="chat.completions or models.")
     # No database constraints on these: rows are written in batches after the fact, and a key or instance deleted
     # in between must not make the batch fail. Deleting a key or instance leaves its id in the history
     # (DO_NOTHING) instead of rewriting every row that names it.
+    # Their own indexes would only repeat the (key, time) and (instance, time) ones below.
     api_key = models.ForeignKey(
-        ApiKey, on_delete=models.DO_NOTHING, null=True, blank=True, db_constraint=False, related_name="requests"
+        ApiKey,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        db_constraint=False,
+        db_index=False,
+        related_name="requests",
     )
     instance = models.ForeignKey(
         ProviderInstance,
@@ -507,6 +542,7 @@ class RequestLog(models.Model):
         null=True,
         blank=True,
         db_constraint=False,
+        db_index=False,
         related_name="requests",
     )
     user = models.CharField(max_length=256, blank=True, default="", help_text="The OpenAI `user` field.")
@@ -535,9 +571,17 @@ class RequestLog(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # Also the index of a request id lookup (one probe per partition).
+            models.UniqueConstraint(fields=["request_id", "created_at"], name="%(app_label)s_%(class)s_unique_request"),
+        ]
         indexes = [
+            # The admin list's order and keyset pages: newest first, the id breaking ties.
+            models.Index(fields=["created_at", "id"], name="routing_log_time"),
             models.Index(fields=["api_key", "created_at"], name="routing_log_key_time"),
             models.Index(fields=["served_model", "created_at"], name="routing_log_model_time"),
+            models.Index(fields=["instance", "created_at"], name="routing_log_instance_time"),
+            models.Index(fields=["outcome", "created_at"], name="routing_log_outcome_time"),
             # Experiment rollups and exports read an experiment's rows by time and by unit; most rows are in none.
             models.Index(
                 fields=["experiment", "created_at"],

@@ -24,7 +24,7 @@ from django.db.models import Case, Count, F, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Cast, Floor, Ln, TruncHour, TruncMinute
 from django.utils import timezone
 
-from routing import histogram
+from routing import histogram, partitions
 from routing.models import KeyRollup, Outcome, RequestLog, RequestRollup, RollupGranularity
 
 MINUTE = RollupGranularity.MINUTE
@@ -72,8 +72,9 @@ def rollup_request_logs(*, since=None, until=None, lookback=timedelta(0)):
     """Recompute and replace the rollups of every hour from since's through until's (default: now); return the run.
 
     Without since: from the newest rollup's bucket, or lookback before now if that is earlier, or the whole log
-    when nothing was rolled up yet. Never from before HOUR_RETENTION: those rows would be deleted at once. Rows
-    older than their retention are deleted at the end.
+    when nothing was rolled up yet. Never from before HOUR_RETENTION: those rows would be deleted at once; nor from
+    before the log's retention dropped its rows (`routing.partitions`). Rows older than their retention are deleted
+    at the end.
     """
     now = timezone.now()
     if since is None:
@@ -81,6 +82,10 @@ def rollup_request_logs(*, since=None, until=None, lookback=timedelta(0)):
         if since is None:
             return RollupRun()
     start = max(floor_hour(since), floor_hour(now - HOUR_RETENTION))
+    purged = partitions.kept_since()
+    if purged is not None:
+        # Hours whose log rows retention dropped keep their rollups: recomputed, they would be replaced by nothing.
+        start = max(start, floor_hour(purged + timedelta(hours=1) - timedelta(microseconds=1)))
     run = RollupRun(start=start, end=floor_hour(until or now) + timedelta(hours=1))
     minute_horizon = floor_minute(now - MINUTE_RETENTION)
     chunk_start = run.start

@@ -1,4 +1,4 @@
-"""Celery tasks of the routing app: active health checks and request-log rollups (scheduled by beat, see
+"""Celery tasks of the routing app: active health checks, request-log rollups and partitions (scheduled by beat, see
 CELERY_BEAT_SCHEDULE)."""
 
 from datetime import timedelta
@@ -28,3 +28,12 @@ def rollup_request_logs(lookback_seconds=15 * 60):
     from routing.rollups import rollup_request_logs as rollup
 
     rollup(lookback=timedelta(seconds=lookback_seconds))
+
+
+@shared_task(ignore_result=True)
+def maintain_request_log():
+    """Create the request log's coming day partitions and drop the expired ones; return what was done."""
+    from routing.partitions import maintain
+
+    run = maintain()
+    return {"created": run.created, "dropped": run.dropped, "deleted_rows": run.deleted_rows, "skipped": run.skipped}

@@ -549,6 +549,14 @@ class RoutingSettingsAdmin(admin.ModelAdmin):
         ),
         ("Retries and failover", {"fields": ("max_attempts", "retry_budget_ratio")}),
         ("Active health checks", {"fields": ("health_check_interval_seconds", "health_check_timeout_seconds")}),
+        (
+            "Request log",
+            {
+                "description": "On Postgres the log is kept in one partition a day; an hourly task drops the days "
+                "older than this (their rollups stay).",
+                "fields": ("request_log_retention_days",),
+            },
+        ),
     )
 
     def has_add_permission(self, request):
