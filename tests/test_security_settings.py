@@ -118,11 +118,17 @@ FROM_THE_PROXY = {"X-Forwarded-Proto": "https"}
 
 
 @pytest.fixture(scope="module")
-def https_gateway(database_url):
-    """Return a gateway with the production HTTPS settings, trusting X-Forwarded-Proto from 127.0.0.1 (uvicorn's
-    default: a proxy on the same machine)."""
+def _https_gateway(database_url):
     with Gateway.start(database_url, **PRODUCTION_HTTPS) as gw:
         yield gw
+
+
+@pytest.fixture
+def https_gateway(_https_gateway):
+    """Return a gateway with the production HTTPS settings, trusting X-Forwarded-Proto from 127.0.0.1 (uvicorn's
+    default: a proxy on the same machine); after the test, wait until it has written the test's log rows."""
+    yield _https_gateway
+    _https_gateway.wait_log_drained()
 
 
 def get(gateway, path, headers=None):
