@@ -2,7 +2,9 @@
 
 Upstream keys are write-only here: a form field sets or clears them and pages show only `api_key_display()`. One
 module per area: `configuration` (providers, models, instances, routing settings), `keys` (client API keys), `logs`
-(probe results and the request log), `selection` (recent selections and the try-it page); `forms` holds their forms.
+(probe results and the request log), `selection` (recent selections and the try-it page); `forms` holds their forms,
+`dashboard` the index page's figures (shown by `chatvault_site.admin_site`), `decision_story` a logged decision told
+for people.
 """
 
 from django.conf import settings
@@ -14,7 +16,7 @@ from routing.admin.selection import ANY_KEY, TRY_TOOL  # noqa: F401  (used by th
 
 admin.site.site_header = "ChatVault administration"
 admin.site.site_title = "ChatVault admin"
-admin.site.index_title = "Gateway configuration"
+admin.site.index_title = "Dashboard"
 
 
 def login_lockout_response(request, original_response=None, credentials=None):
