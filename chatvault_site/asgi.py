@@ -19,7 +19,7 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402  (importable only once Django is set up)
 
 from chatvault_site.handlers import APIHandler, StaticFilesHandler, is_api_path, read_limited_body  # noqa: E402
-from routing import runtime  # noqa: E402
+from routing import metrics, runtime  # noqa: E402
 
 api_application = APIHandler()
 
@@ -45,7 +45,8 @@ logging.getLogger("uvicorn.access").addFilter(WithoutQueryString())
 async def application(scope, receive, send):
     """Serve lifespan events ourselves, the API through APIHandler, and the rest through Django."""
     if scope["type"] == "lifespan":
-        await runtime.lifespan(receive, send)
+        async with metrics.worker():
+            await runtime.lifespan(receive, send)
         return
     if scope["type"] == "http":
         receive = await read_limited_body(scope, receive, send)

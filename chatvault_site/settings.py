@@ -184,6 +184,18 @@ CHATVAULT_SERVE_STATIC = env.bool("CHATVAULT_SERVE_STATIC", default=True)
 # Upstream secrets written as `os.environ/NAME` are resolved from this process's environment at snapshot time.
 CHATVAULT_UPSTREAM_ENV = env.ENVIRON
 
+# --- Prometheus metrics (GET /metrics, routing/metrics.py) --------------------------------------------------------
+# When set, scrapes must send `Authorization: Bearer <token>`; when empty, only local clients (loopback, through no
+# proxy) are answered.
+CHATVAULT_METRICS_TOKEN = env.str("CHATVAULT_METRICS_TOKEN", default="")
+# With several workers, a directory of their own where every worker keeps its metric values, so that a scrape adds
+# up all of them (prometheus_client's multiprocess mode, which reads this same variable). Empty: one worker's only.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if not PROMETHEUS_MULTIPROC_DIR:
+    # prometheus_client turns its multiprocess mode on when the variable exists at all, even empty (then writing
+    # its files to the working directory).
+    env.ENVIRON.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
 # --- Admin login lockout (django-axes) ----------------------------------------------------------------------------
 # Failed admin sign-ins are counted in the database (so every worker sees them) per username and, separately, per
 # client address (REMOTE_ADDR: behind a proxy, have the ASGI server set it from X-Forwarded-For, see the README).

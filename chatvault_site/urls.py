@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from experiments.api import FeedbackView
-from routing import admin_api, api
+from routing import admin_api, api, metrics
 from routing.openapi import docs, openapi_json
 
 
@@ -35,6 +35,7 @@ urlpatterns = [
     path("healthz", api.healthz, name="healthz"),
     *public("openapi.json", openapi_json, "openapi"),
     path("docs/", docs, name="docs"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

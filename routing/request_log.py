@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 
 from experiments import feedback
-from routing import storable
+from routing import metrics, storable
 from routing.batch_writer import BatchWriter, ProcessWriter, table_accepts_writes
 from routing.models import ApiKey, Outcome, RequestLog
 
@@ -167,3 +167,4 @@ def record(row):
     row = _spec().row(row)
     _process_writer.submit(row)
     feedback.remember(row)  # the request can be rated before its row is written
+    metrics.observe(row)

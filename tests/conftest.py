@@ -6,6 +6,7 @@ import os
 import pytest
 from django.conf import settings
 
+from tests import browser as chromium
 from tests.fakes import FakeProvider
 from tests.gateway import Gateway
 
@@ -68,6 +69,16 @@ def fake_b(_fake_b):
     _fake_b.reset_config()
     _fake_b.clear_requests()
     return _fake_b
+
+
+@pytest.fixture
+def browser():
+    """Return a headless chromium driven by selenium (skipped outside CI when chromium is not installed)."""
+    if reason := chromium.skip_reason():
+        pytest.skip(reason)
+    driver = chromium.start_chromium()
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 admin's login form on a live server, read the verdicts and charts as rendered, press a status button (a real CSRF
 POST), and keep a screenshot in /tmp for a human to look at.
 
-.ci/run installs chromium and chromium-driver; elsewhere the test is skipped when they are missing (never in CI).
+.ci/run installs chromium and chromium-driver; elsewhere the test is skipped when they are missing (never in CI):
+see the `browser` fixture (tests/conftest.py, tests/browser.py).
 """
 
-import os
-import shutil
 from datetime import timedelta
 
-import pytest
 from django.utils import timezone
 
 from experiments.models import Experiment, VariantRollup
@@ -17,29 +15,8 @@ from routing.models import Model
 from tests.experiments.test_admin import CONTROL_LATENCY, TREATMENT_LATENCY, add_units
 from tests.factories import make_experiment
 
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = "/tmp/chatvault-experiment-results.png"
 PASSWORD = "pw-for-analyst-123"
-
-
-@pytest.fixture
-def browser():
-    """Return a headless chromium driven by selenium (skipped outside CI when chromium is not installed)."""
-    if not os.environ.get("CI"):  # CI installs both, so there a missing browser fails instead
-        pytest.importorskip("selenium")
-        if not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)):
-            pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,3200"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
 
 
 def test_the_results_page_in_a_browser(browser, live_server, django_user_model):
