@@ -11,10 +11,9 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from routing import analysis, scoring, selection, snapshot, state
-from routing.admin.logs import RequestLogAdmin
+from routing.admin.logs import RequestLogAdmin, ServedModelFilter
 from routing.models import (
     ApiKey,
-    Model,
     Selection,
 )
 
@@ -34,19 +33,10 @@ class ContextTypeFilter(admin.SimpleListFilter):
         return queryset.filter(context_type=self.value()) if self.value() else queryset
 
 
-class ChosenModelFilter(admin.SimpleListFilter):
+class ChosenModelFilter(ServedModelFilter):
     """Filter selections by the model that served them, from the configured models (not a scan of the log)."""
 
     title = "chosen model"
-    parameter_name = "served_model"
-
-    def lookups(self, request, model_admin):
-        """Return the configured model names."""
-        return [(name, name) for name in Model.objects.order_by("name").values_list("name", flat=True)]
-
-    def queryset(self, request, queryset):
-        """Return the selections served by the chosen model."""
-        return queryset.filter(served_model=self.value()) if self.value() else queryset
 
 
 def _mapping(value):
