@@ -43,6 +43,7 @@ LEAN_PATHS = frozenset(
     {
         *("/v1/chat/completions", "/chat/completions"),
         *("/v1/completions", "/completions"),
+        *("/v1/embeddings", "/embeddings"),
         *("/v1/models", "/models"),
         *("/v1/feedback", "/feedback"),
         "/healthz",

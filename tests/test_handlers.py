@@ -14,6 +14,7 @@ from routing import api
 LEAN = [
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
     "/v1/models",
     "/v1/models/vault-test",
     "/v1/models/openai/gpt-4o-mini",
@@ -32,7 +33,7 @@ NOT_LEAN = [
     "/v1/completions/",
     "/v1/modelsx",
     "/modelsx",
-    "/embeddings",
+    "/images/generations",
     "/feedback/",
     "/v1/",
     "/healthz/",
@@ -44,6 +45,7 @@ NOT_LEAN = [
 LEAN_VIEWS = {
     api.ChatCompletionsView,
     api.CompletionsView,
+    api.EmbeddingsView,
     api.ModelsView,
     api.ModelDetailView,
     api.RecommendView,
@@ -90,6 +92,8 @@ DJANGO_MARK = "X-Frame-Options"
         ("POST", "/chat/completions"),
         ("POST", "/v1/completions"),
         ("POST", "/completions"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/embeddings"),
         ("GET", "/v1/models"),
         ("GET", "/models"),
         ("GET", "/v1/models/vault-test"),
@@ -114,7 +118,7 @@ def test_the_lean_routes_answer_without_djangos_middleware(gateway, method, path
         ("/v1/admin/nothing-here", False),
         ("/v1/models/", True),
         ("/models/", True),
-        ("/embeddings", False),
+        ("/images/generations", False),
     ],
 )
 def test_unknown_api_paths_answer_404_in_openai_shape_on_either_handler(gateway, path, lean):
