@@ -200,4 +200,4 @@ class KeysetChangeList(ChangeList):
         counted = self.queryset.order_by()[: COUNT_CAP + 1].count()
         if counted > COUNT_CAP:
             return f"more than {number_format(COUNT_CAP, force_grouping=True)} {noun}"
-        return f"{number_format(counted, force_grouping=True)} {noun}"
+        return f"{number_format(counted, force_grouping=True)} {self.opts.verbose_name if counted == 1 else noun}"
