@@ -108,6 +108,19 @@ def test_the_docs_page_loads_only_files_this_gateway_serves(gateway):
         assert asset_status == 200 and asset, ref
 
 
+def test_the_docs_page_renders_every_operation_in_a_browser_without_another_host(browser, gateway):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{gateway.root_url}/docs/")
+    browser.find_element(By.CSS_SELECTOR, '.opblock[id$="createChatCompletion"]')
+    shown = {element.get_attribute("data-path") for element in browser.find_elements(By.CSS_SELECTOR, "[data-path]")}
+    browser.save_screenshot("/tmp/chatvault-api-docs.png")
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+
+    assert shown == set(document()["paths"])
+    assert fetched and all(url.startswith(gateway.root_url + "/") for url in fetched), fetched
+
+
 # --- what it says is true: real answers against the schemas -------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ whole log once it holds millions of rows. This one orders by (created_at, id) �
 filter's (column, created_at) index — and pages by key: the next page is the rows after the last one shown
 (`?after=`), the previous page the rows before the first (`?before=`), the last page the oldest rows read backwards
 (`?end=1`). A page reads its rows plus one, to know whether more follow. What it says about the total: the
-planner's estimate for the whole log (Postgres), an exact count up to COUNT_CAP for a filtered list, and nothing for
-a text search.
+planner's estimate for the whole log (Postgres), an exact count up to COUNT_CAP for a filtered list (unless counting
+takes longer than COUNT_BUDGET_MS), and nothing for a text search.
 """
 
 from datetime import UTC, datetime
@@ -16,6 +16,7 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.templatetags.admin_list import result_headers
 from django.contrib.admin.utils import display_for_field
 from django.contrib.admin.views.main import ChangeList
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils.formats import number_format
@@ -26,7 +27,8 @@ from routing import partitions
 
 AFTER, BEFORE, END = "after", "before", "end"
 CURSOR_PARAMS = (AFTER, BEFORE, END)
-# A filtered list counts its rows up to this many (reading at most this many index entries), then says "more than".
+# A filtered list counts its rows up to this many, then says "more than"; a count that takes longer than
+# KeysetChangeList.COUNT_BUDGET_MS is given up (the list then says nothing of its total).
 COUNT_CAP = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -76,6 +78,7 @@ class KeysetChangeList(ChangeList):
     """
 
     EMPTY = "—"
+    COUNT_BUDGET_MS = 100
 
     def get_filters_params(self, params=None):
         """Return the filter parameters, the page keys left out."""
@@ -197,7 +200,22 @@ class KeysetChangeList(ChangeList):
             estimate = partitions.estimated_rows() if not self.root_queryset.query.where else None
             if estimate is not None and estimate > COUNT_CAP:
                 return f"about {number_format(estimate, force_grouping=True)} {noun} in all"
-        counted = self.queryset.order_by()[: COUNT_CAP + 1].count()
+        counted = self._capped_count()
+        if counted is None:
+            return ""
         if counted > COUNT_CAP:
             return f"more than {number_format(COUNT_CAP, force_grouping=True)} {noun}"
         return f"{number_format(counted, force_grouping=True)} {self.opts.verbose_name if counted == 1 else noun}"
+
+    def _capped_count(self):
+        """Return how many rows match, up to COUNT_CAP + 1; None when that takes longer than COUNT_BUDGET_MS (rare
+        matches over a long time: the 1,001 of them may lie far apart)."""
+        query = self.queryset.order_by()[: COUNT_CAP + 1]
+        if connection.vendor != "postgresql":
+            return query.count()
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {int(self.COUNT_BUDGET_MS)}")
+                return query.count()
+        except OperationalError:  # the statement timeout cancelled it
+            return None
