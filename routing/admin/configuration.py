@@ -159,7 +159,7 @@ class TrafficColumnsMixin:
     def latency_day(self, obj):
         """Return the latency and time-to-first-token percentiles over 24 hours, one above the other."""
         figures = self._figures(obj, "24h")
-        if figures is None or not figures.latency:
+        if figures is None or not sum(figures.latency):
             return "—"
         return format_html("{}<br>TTFT {}", figures.latency_text, figures.ttft_text)
 

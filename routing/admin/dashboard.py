@@ -80,26 +80,47 @@ DEFAULT_WINDOW = "24h"
 
 @dataclasses.dataclass(slots=True)
 class Figures:
-    """The rolled-up traffic of one model or instance over a window, and its requests and errors per point."""
+    """The rolled-up traffic of one model or instance over a window, and its requests and errors per point.
+
+    Latency and TTFT histograms are collected as they come (`add`) and merged once, when first read: merging them
+    one row at a time would cost a pass over the histogram per row.
+    """
 
     requests: int = 0
     errors: int = 0
     cost: Decimal = Decimal(0)
-    latency: list = dataclasses.field(default_factory=list)
-    ttft: list = dataclasses.field(default_factory=list)
     points: list = dataclasses.field(default_factory=list)
     error_points: list = dataclasses.field(default_factory=list)
+    parts: dict = dataclasses.field(default_factory=lambda: {"latency": [], "ttft": []})
+    merged: dict = dataclasses.field(default_factory=dict)
 
     def add(self, point, requests, successes, cost, latency, ttft):
         """Count one rollup row, in the point (sparkline bucket) it falls in (None: the totals only)."""
         self.requests += requests
         self.errors += requests - successes
         self.cost += cost
-        self.latency = histogram.merge([self.latency, latency])
-        self.ttft = histogram.merge([self.ttft, ttft])
+        self.parts["latency"].append(latency)
+        self.parts["ttft"].append(ttft)
+        self.merged.clear()
         if point is not None:
             self.points[point] += requests
             self.error_points[point] += requests - successes
+
+    def _histogram(self, name):
+        """Return the merged latency or ttft histogram (successful requests)."""
+        if name not in self.merged:
+            self.merged[name] = histogram.merge(self.parts[name])
+        return self.merged[name]
+
+    @property
+    def latency(self):
+        """Return the latency histogram of the successful requests."""
+        return self._histogram("latency")
+
+    @property
+    def ttft(self):
+        """Return the time-to-first-token histogram of the successful streams."""
+        return self._histogram("ttft")
 
     @property
     def error_rate(self):
@@ -235,10 +256,11 @@ def model_health(enabled, states):
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
-def window_rows(window, now, *, models=None, instance_ids=None):
+def window_rows(window, now, *, models=None, instance_ids=None, histograms=True):
     """Return (points, rollup rows) of the window ending now: minute rows for the hour, rollups' window for a day.
 
-    models / instance_ids narrow the rows to those names (a list page's rows); None reads every one.
+    models / instance_ids narrow the rows to those names (a list page's rows); None reads every one. Without
+    histograms, the rows carry empty ones: decoding a few thousand is most of what a read costs.
     """
     start = rollups.window_start(now, window.length)
     if window.step == MINUTE:
@@ -249,7 +271,10 @@ def window_rows(window, now, *, models=None, instance_ids=None):
         rows = rows.filter(model__in=models)
     if instance_ids is not None:
         rows = rows.filter(instance_id__in=instance_ids)
-    return points_of(start, now, window.step), list(rows.order_by().values_list(*ROLLUP_FIELDS))
+    points, rows = points_of(start, now, window.step), rows.order_by()
+    if not histograms:
+        return points, [(*row, [], []) for row in rows.values_list(*ROLLUP_FIELDS[:6])]
+    return points, list(rows.values_list(*ROLLUP_FIELDS))
 
 
 def window_figures(window, now, **narrow):
@@ -371,8 +396,12 @@ def charts(points, by_model, window):
 
 
 def list_figures(*, instance_ids=None, models=None, now=None):
-    """Return {"1h": (by model, by instance), "24h": (...)} for a list page's rows (one query per window)."""
+    """Return {"1h": (by model, by instance), "24h": (...)} for a list page's rows (one query per window).
+
+    The lists show the last hour's requests and errors only, so its latency histograms are not read.
+    """
     now = now or timezone.now()
     return {
-        name: window_figures(window, now, instance_ids=instance_ids, models=models) for name, window in WINDOWS.items()
+        name: window_figures(window, now, instance_ids=instance_ids, models=models, histograms=name != "1h")
+        for name, window in WINDOWS.items()
     }
