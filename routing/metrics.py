@@ -7,7 +7,7 @@ Each figure is kept where it costs least:
   of the cached labelled children and a few increments; no I/O beyond writes to memory.
 - Per worker, `worker_gauge`: figures a worker holds for itself (its request-log queue, the configuration revision it
   serves, that it is alive), published every PUBLISH_SECONDS by a task each worker runs, and by the answering worker
-  just before a scrape. Issue 12's event-loop lag is meant to be one more `worker_gauge` line.
+  just before a scrape; the event loop's lag (`routing.loop_monitor`) is one of them.
 - At scrape time, `RoutingCollector`: breaker state, drained and usable instances and in-flight requests per
   instance, read from the answering worker's routing state, which every worker shares through Redis (`REDIS_URL`).
 
@@ -38,7 +38,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from experiments import feedback
-from routing import request_log, snapshot, state
+from routing import loop_monitor, request_log, snapshot, state
 from routing.errors import AuthenticationFailed, MethodNotAllowed, PermissionDenied
 from routing.health import CLOSED, HALF_OPEN, OPEN
 
@@ -270,6 +270,22 @@ REQUEST_LOG_COUNTS = (
 for _name, _documentation, _key in REQUEST_LOG_COUNTS:
     worker_counter(_name, _documentation, lambda key=_key: request_log.stats()[key])
 _worker_figures.append(ConfigRevision())
+# The event loop's lag (routing/loop_monitor.py): a stall in production shows here.
+worker_gauge(
+    "chatvault_event_loop_max_lag_seconds",
+    "Largest lateness of the event-loop ticker (every 20 ms) a live worker has seen since it started.",
+    lambda: loop_monitor.monitor.max_lag_ms / 1000,
+    mode="livemax",
+)
+worker_counter(
+    "chatvault_event_loop_ticks", "Event-loop ticker wake-ups (every 20 ms).", lambda: loop_monitor.monitor.ticks
+)
+for _threshold in (1, 5, 50):
+    worker_counter(
+        f"chatvault_event_loop_ticks_late_over_{_threshold}ms",
+        f"Event-loop ticker wake-ups more than {_threshold} ms late: the loop was stalled.",
+        lambda threshold=_threshold: loop_monitor.monitor.over[threshold],
+    )
 
 
 def publish():

@@ -124,6 +124,8 @@ def test_it_counts_requests_by_model_instance_outcome_and_status(gateway, fake, 
     assert ("chatvault_request_log_pending_rows", frozenset()) in samples
     assert value(samples, "chatvault_request_log_dropped_rows_total") == 0
     assert value(samples, "chatvault_request_log_written_rows_total") >= 4
+    assert value(samples, "chatvault_event_loop_ticks_total") > 0
+    assert ("chatvault_event_loop_max_lag_seconds", frozenset()) in samples
 
 
 def test_the_duration_histograms_fill_the_right_buckets(gateway, fake):
@@ -316,10 +318,10 @@ def test_the_docs_list_every_metric_and_the_dashboard_uses_only_real_ones(gatewa
         documented_as = family.name + ("_total" if family.type == "counter" else "")
         for suffix in suffixes[family.type]:
             queried[family.name + suffix] = documented_as
-    documented = set(re.findall(r"`(chatvault_[a-z_]+)`", (REPO_ROOT / "docs" / "metrics.md").read_text()))
-    assert len(set(queried.values())) == 19
+    documented = set(re.findall(r"`(chatvault_[a-z0-9_]+)`", (REPO_ROOT / "docs" / "metrics.md").read_text()))
+    assert len(set(queried.values())) == 24
     assert set(queried.values()) <= documented
     dashboard = json.loads((REPO_ROOT / "docs" / "grafana-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", ())]
-    used = {name for expr in exprs for name in re.findall(r"chatvault_[a-z_]+", expr)}
+    used = {name for expr in exprs for name in re.findall(r"chatvault_[a-z0-9_]+", expr)}
     assert used and used <= set(queried)
