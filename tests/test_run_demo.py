@@ -16,6 +16,7 @@ import subprocess
 import urllib.parse
 import urllib.request
 
+import openai
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -127,6 +128,11 @@ def test_make_run_from_env_example_serves_plain_http_and_a_second_run_changes_no
         wait_until(lambda: _status(f"{base}/healthz") == 200, timeout=60, message="the demo's /healthz")
 
         assert sign_in(base, password) == f"{base}/admin/"
+        raw_key = re.search(r"API key:\s+(\S+)", printed.read_text()).group(1)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=raw_key, max_retries=0)
+        assert client.chat.completions.create(model="vault-gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+        vectors = client.embeddings.create(model="vault-embed-small", input=["first text", "second text"])
+        assert [len(item.embedding) for item in vectors.data] == [16, 16], "the demo's embedding model answers"
         env_file = (checkout / ".env").read_text()
         assert re.search(r"(?m)^SECRET_KEY=\S{50,}$", env_file)
         assert re.search(r"(?m)^CHATVAULT_ENCRYPTION_KEYS=\S+$", env_file)

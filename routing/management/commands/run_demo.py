@@ -101,6 +101,10 @@ Try it:
     -H "Authorization: Bearer {raw_key}" -H "Content-Type: application/json" \\
     -d '{{"model": "vault-gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
+  curl {base}/v1/embeddings \
+    -H "Authorization: Bearer {raw_key}" -H "Content-Type: application/json" \
+    -d '{{"model": "vault-embed-small", "input": ["first text", "second text"]}}'
+
   {sys.executable} -c '
 from openai import OpenAI
 client = OpenAI(base_url="{base}/v1", api_key="{raw_key}")
