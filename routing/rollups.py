@@ -32,8 +32,9 @@ HOUR = RollupGranularity.HOUR
 MINUTE_AND_HOUR = [MINUTE, HOUR]
 MINUTE_RETENTION = timedelta(days=2)
 HOUR_RETENTION = timedelta(days=90)
-# The requests of a model: calls to /v1/models and /v1/models/recommend serve none.
-ROLLED_UP_ENDPOINT = "chat.completions"
+# The requests a model serves (chat, legacy completions, embeddings): calls to /v1/models and /v1/models/recommend
+# serve none.
+ROLLED_UP_ENDPOINTS = ("chat.completions", "completions", "embeddings")
 # Hours recomputed per transaction: bounds the memory and the time a bucket's readers wait on the replacement.
 CHUNK = timedelta(hours=6)
 # Postgres advisory lock held by a run while it replaces buckets, so two runs (beat and a hand run) take turns.
@@ -117,7 +118,7 @@ def rollup_request_logs(*, since=None, until=None, lookback=timedelta(0)):
 def _first_logged(start, end):
     """Return when the first log row rolled up between start and end was created, or None."""
     return (
-        RequestLog.objects.filter(endpoint=ROLLED_UP_ENDPOINT, created_at__gte=start, created_at__lt=end)
+        RequestLog.objects.filter(endpoint__in=ROLLED_UP_ENDPOINTS, created_at__gte=start, created_at__lt=end)
         .order_by("created_at")
         .values_list("created_at", flat=True)
         .first()
@@ -135,7 +136,7 @@ def _resume_from(now, lookback):
     if newest is not None:
         return min(newest, now - lookback)
     return (
-        RequestLog.objects.filter(endpoint=ROLLED_UP_ENDPOINT)
+        RequestLog.objects.filter(endpoint__in=ROLLED_UP_ENDPOINTS)
         .order_by("created_at")
         .values_list("created_at", flat=True)
         .first()
@@ -172,7 +173,7 @@ def _replace_keys(start, end):
     _delete_keys(start, end)
     totals = (
         RequestLog.objects.filter(
-            endpoint=ROLLED_UP_ENDPOINT, created_at__gte=start, created_at__lt=end, api_key__isnull=False
+            endpoint__in=ROLLED_UP_ENDPOINTS, created_at__gte=start, created_at__lt=end, api_key__isnull=False
         )
         .annotate(bucket=TruncHour("created_at", tzinfo=UTC))
         .order_by()  # RequestLog's default ordering would join the GROUP BY
@@ -217,7 +218,7 @@ def _aggregate(granularity, start, end):
     # An explicit UTC saves looking up the current time zone for every row the grouping returns.
     bucket = (TruncMinute if granularity == MINUTE else TruncHour)("created_at", tzinfo=UTC)
     logs = (
-        RequestLog.objects.filter(endpoint=ROLLED_UP_ENDPOINT, created_at__gte=start, created_at__lt=end)
+        RequestLog.objects.filter(endpoint__in=ROLLED_UP_ENDPOINTS, created_at__gte=start, created_at__lt=end)
         .annotate(bucket=bucket)
         .order_by()  # RequestLog's default ordering would join the GROUP BY
     )

@@ -119,12 +119,14 @@ def test_each_model_and_instance_has_its_own_rows(hour):
     assert series == {("vault-a", "inst-a", 1), ("vault-a", "inst-b", 1), ("vault-b", "inst-c", 1), ("", "", 1)}
 
 
-def test_only_chat_completions_are_rolled_up(hour):
+def test_only_requests_a_model_serves_are_rolled_up(hour):
     log(hour, endpoint="models.recommend", context_type="math")
     log(hour, endpoint="models")
     log(hour)
+    log(hour, endpoint="completions")
+    log(hour, endpoint="embeddings")
     rollup_request_logs(since=hour)
-    assert rollup("hour", hour).requests == 1
+    assert rollup("hour", hour).requests == 3
 
 
 def test_the_sql_buckets_are_the_python_buckets(hour):
