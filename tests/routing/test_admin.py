@@ -132,6 +132,7 @@ def model_data(model, rows=(), **overrides):
         "name": model.name,
         "description": "",
         "enabled": "on",
+        "mode": "chat",
         "strategy": "",
         "capabilities": "general_chat",
         "input_cost_per_mtok": "",
@@ -295,6 +296,15 @@ def test_model_capabilities_are_edited_as_comma_separated_text(admin_client, mod
     admin_client.post(url("model_change", model.pk), model_data(model, capabilities=" code, , vision,code "))
     model.refresh_from_db()
     assert model.capabilities == ["code", "vision"]
+
+
+def test_a_model_is_made_an_embedding_model_in_admin(admin_client, model):
+    page = admin_client.get(url("model_change", model.pk)).content.decode()
+    assert 'name="mode"' in page and 'value="embedding"' in page
+    response = admin_client.post(url("model_change", model.pk), model_data(model, mode="embedding"))
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert model.mode == "embedding"
 
 
 def test_model_fallbacks_are_edited_as_names_of_other_models(admin_client, model):
