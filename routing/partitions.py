@@ -206,7 +206,7 @@ def _drop_day(day, name):
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         _wait_for_rollups(cursor)
         # Holds new rows out (reads go on) until the partition is gone, so every row retired is a row dropped.
-        cursor.execute(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"LOCK TABLE ONLY {TABLE} IN SHARE ROW EXCLUSIVE MODE")
         retire_units(since=day, before=day + timedelta(days=1))
         cursor.execute(f"DROP TABLE {name}")
         _mark_purged(day + timedelta(days=1))
