@@ -582,6 +582,11 @@ class RequestLog(models.Model):
             models.Index(fields=["served_model", "created_at"], name="routing_log_model_time"),
             models.Index(fields=["instance", "created_at"], name="routing_log_instance_time"),
             models.Index(fields=["outcome", "created_at"], name="routing_log_outcome_time"),
+            models.Index(fields=["stream", "created_at"], name="routing_log_stream_time"),
+            # The Selections list: the newest auto-selected requests, however few of the newest rows were selected.
+            models.Index(
+                fields=["created_at", "id"], name="routing_log_selected_time", condition=~models.Q(context_type="")
+            ),
             # Experiment rollups and exports read an experiment's rows by time and by unit; most rows are in none.
             models.Index(
                 fields=["experiment", "created_at"],

@@ -27,8 +27,8 @@ from routing import partitions
 
 AFTER, BEFORE, END = "after", "before", "end"
 CURSOR_PARAMS = (AFTER, BEFORE, END)
-# A filtered list counts its rows up to this many, then says "more than"; a count that takes longer than
-# KeysetChangeList.COUNT_BUDGET_MS is given up (the list then says nothing of its total).
+# A filtered list of more than a page counts its rows up to this many, then says "more than"; a count that takes
+# longer than KeysetChangeList.COUNT_BUDGET_MS is given up (the list then says nothing of its total).
 COUNT_CAP = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -78,7 +78,7 @@ class KeysetChangeList(ChangeList):
     """
 
     EMPTY = "—"
-    COUNT_BUDGET_MS = 100
+    COUNT_BUDGET_MS = 50
 
     def get_filters_params(self, params=None):
         """Return the filter parameters, the page keys left out."""
@@ -128,7 +128,6 @@ class KeysetChangeList(ChangeList):
         self.has_previous = more if reverse else AFTER in self.cursor
         self.has_next = BEFORE in self.cursor if reverse else more
         self.page_links = self._page_links(rows)
-        self.count_text = self._count_text()
         self.result_count = len(rows)
         self.full_result_count = None
         self.show_full_result_count = False
@@ -136,6 +135,7 @@ class KeysetChangeList(ChangeList):
         self.can_show_all = False
         self.multi_page = self.has_previous or self.has_next
         self.paginator = None
+        self.count_text = self._count_text()
 
     def result_headers(self):
         """Return the column headers as Django's change list template reads them."""
@@ -200,7 +200,8 @@ class KeysetChangeList(ChangeList):
             estimate = partitions.estimated_rows() if not self.root_queryset.query.where else None
             if estimate is not None and estimate > COUNT_CAP:
                 return f"about {number_format(estimate, force_grouping=True)} {noun} in all"
-        counted = self._capped_count()
+        # One page holds them all: counted already.
+        counted = len(self.result_list) if not self.multi_page else self._capped_count()
         if counted is None:
             return ""
         if counted > COUNT_CAP:

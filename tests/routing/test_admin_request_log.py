@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from routing.admin import logs
 from routing.admin.keyset import COUNT_CAP, KeysetChangeList
 from routing.models import ApiKey, Model, Outcome, Provider, ProviderInstance, RequestLog
 
@@ -158,22 +159,49 @@ def test_the_unfiltered_list_gives_the_planners_estimate_not_a_count(admin_clien
 
 
 def test_a_filtered_list_counts_up_to_the_cap(admin_client, config):
+    RequestLog.objects.bulk_create(
+        RequestLog(request_id=uuid.uuid4(), created_at=timezone.now(), outcome=outcome, status_code=200)
+        for outcome in ["ok"] * (COUNT_CAP + 10) + ["rate_limited"] * 150
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        many = admin_client.get(URL, {"outcome__exact": "ok"})
+    counts = [sql for sql in log_queries(captured) if "COUNT(" in sql]
+    some = admin_client.get(URL, {"outcome__exact": "rate_limited"})
+
+    assert many.context["cl"].count_text == "more than 1,000 request logs"
+    assert len(counts) == 1 and counts[0].endswith(f"LIMIT {COUNT_CAP + 1}) subquery")
+    assert some.context["cl"].count_text == "150 request logs"
+
+
+def test_a_list_within_one_page_is_counted_without_a_query(admin_client, config):
     log(outcome=Outcome.RATE_LIMITED, status_code=429)
-    page = admin_client.get(URL, {"outcome__exact": "rate_limited"}).content.decode()
-    assert "1 shown of 1 request log " in re.sub(r"\s+", " ", page)
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(URL, {"outcome__exact": "rate_limited"})
+
+    assert response.context["cl"].count_text == "1 request log"
+    assert not [sql for sql in log_queries(captured) if "COUNT(" in sql]
 
 
 def test_a_count_that_would_take_long_is_given_up(admin_client, config, monkeypatch):
+    now = timezone.now()
     RequestLog.objects.bulk_create(
-        RequestLog(request_id=uuid.uuid4(), created_at=timezone.now(), outcome="ok", status_code=200)
-        for _ in range(30_000)
+        RequestLog(
+            request_id=uuid.uuid4(),
+            created_at=now - timedelta(seconds=i),
+            outcome="ok",
+            status_code=200,
+            user="wanted" if i >= 29_850 else "other",
+        )  # fmt: skip
+        for i in range(30_000)
     )
-    monkeypatch.setattr(KeysetChangeList, "COUNT_BUDGET_MS", 1)  # no stream among 30,000 rows: a long count
+    monkeypatch.setattr(KeysetChangeList, "COUNT_BUDGET_MS", 1)  # the 150 oldest of 30,000 rows: a long count
 
-    response = admin_client.get(URL, {"stream__exact": "1"})
+    response = admin_client.get(URL, {"user": "wanted"})  # a plain field lookup: no index helps it
 
-    assert listed(response) == [] and response.context["cl"].count_text == ""
-    assert listed(admin_client.get(URL, {"outcome__exact": "ok"}))  # the page itself still answers
+    assert len(listed(response)) == 100 and response.context["cl"].count_text == ""
+    assert listed(admin_client.get(URL, {"outcome__exact": "ok"}))  # the page after it still answers
 
 
 # --- filters ------------------------------------------------------------------------------------------------------
@@ -281,13 +309,20 @@ def test_a_request_id_is_found_exactly_through_its_index(admin_client, config):
     assert "LIKE" not in page_query
 
 
-def test_text_search_looks_at_the_last_day_unless_a_time_is_chosen(admin_client, config):
-    recent = log(user="alice-recent")
-    older = log(at=timezone.now() - timedelta(days=3), user="alice-older")
+def test_text_search_reads_the_newest_rows_only_unless_a_time_is_chosen(admin_client, config, monkeypatch):
+    monkeypatch.setattr(logs, "TEXT_SEARCH_ROWS", 3)
+    now = timezone.now()
+    older = log(at=now - timedelta(minutes=5), user="alice-older")
+    recent = [log(at=now - timedelta(minutes=4 - i), user=f"alice-{i}" if i == 2 else "bob") for i in range(3)]
 
-    assert listed(admin_client.get(URL, {"q": "alice"})) == [recent.request_id]
-    assert listed(admin_client.get(URL, {"q": "alice", "period": "7d"})) == [recent.request_id, older.request_id]
-    assert "last 24 hours" in admin_client.get(URL).content.decode()
+    assert listed(admin_client.get(URL, {"q": "alice"})) == [recent[2].request_id]
+    assert listed(admin_client.get(URL, {"q": "alice", "period": "1h"})) == [recent[2].request_id, older.request_id]
+    monkeypatch.setattr(logs, "TEXT_SEARCH_ROWS", 100)
+    assert listed(admin_client.get(URL, {"q": "alice"})) == [recent[2].request_id, older.request_id]  # fewer rows
+    assert "of the newest 100,000 requests (of the last day at most)" in admin_client.get(URL).content.decode()
+    log(at=now - timedelta(days=2), user="alice-two-days-ago")  # the newest row by id, with an odd timestamp
+    monkeypatch.setattr(logs, "TEXT_SEARCH_ROWS", 1)  # from its time: two days, but a day at most
+    assert listed(admin_client.get(URL, {"q": "alice"})) == [recent[2].request_id, older.request_id]
 
 
 # --- the selections list shares it ---------------------------------------------------------------------------------
