@@ -179,6 +179,9 @@ CHATVAULT_LOG_BATCH_SIZE = env.int("CHATVAULT_LOG_BATCH_SIZE", default=500)
 CHATVAULT_LOG_FLUSH_SECONDS = env.float("CHATVAULT_LOG_FLUSH_SECONDS", default=0.5)
 # Record every thread's stack when the event loop stalls over 1 ms (routing/loop_monitor.py; a diagnosis tool).
 CHATVAULT_LOOP_STALL_STACKS = env.bool("CHATVAULT_LOOP_STALL_STACKS", default=False)
+# How long a thread may hold the GIL before another that waits takes it (Python's default: 5 ms), set in each worker:
+# bounds how long a background thread running Python can stall the event loop.
+CHATVAULT_GIL_SWITCH_INTERVAL_MS = env.float("CHATVAULT_GIL_SWITCH_INTERVAL_MS", default=1.0)
 # Serve the admin's static files from the ASGI app itself (turn off when a reverse proxy serves STATIC_ROOT).
 CHATVAULT_SERVE_STATIC = env.bool("CHATVAULT_SERVE_STATIC", default=True)
 # Upstream secrets written as `os.environ/NAME` are resolved from this process's environment at snapshot time.

@@ -1,16 +1,18 @@
 """A thread that writes queued rows to the database in batches, off the request path: the request log's and
 feedback's writers are both one.
 
-The request path calls `submit(row)`, which only appends to an in-memory queue. The thread writes batches of
-`batch_size` rows, or what came within `flush_seconds`, whichever comes first. While the database is down, rows are
+The request path calls `submit(row)`, which only appends to an in-memory deque: it wakes the thread only when a
+whole batch is waiting, not for every row, because a thread woken hundreds of times a second competes with the event
+loop for the GIL each time. The thread writes batches of `batch_size` rows, or what came within `flush_seconds`,
+whichever comes first. While the database is down, rows are
 kept (up to MAX_PENDING_ROWS, the oldest dropped and counted beyond that) and retried with a growing backoff. A
 batch the database refuses while it still accepts writes is split until the refused row is alone, so one bad row
 never holds up the rows behind it; what becomes of that row is the subclass's choice (`refused`). `stop()` writes
 everything still queued before the thread ends, so a graceful shutdown loses nothing.
 """
 
+import collections
 import logging
-import queue
 import threading
 import time
 
@@ -19,7 +21,6 @@ from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()
 # Rows held while the database is unreachable; beyond this the oldest are dropped (and counted) to bound memory.
 MAX_PENDING_ROWS = 200_000
 MAX_BACKOFF_SECONDS = 10.0
@@ -36,7 +37,9 @@ class BatchWriter(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.batch_size = batch_size or settings.CHATVAULT_LOG_BATCH_SIZE
         self.flush_seconds = flush_seconds if flush_seconds is not None else settings.CHATVAULT_LOG_FLUSH_SECONDS
-        self.queue = queue.SimpleQueue()
+        self.rows = collections.deque()  # appended by submit (any thread), taken by this thread
+        self._wake = threading.Event()  # set when a whole batch waits, or to stop
+        self._stop_requested = threading.Event()
         self.submitted = 0
         self.written = 0
         self.dropped = 0
@@ -61,9 +64,12 @@ class BatchWriter(threading.Thread):
     # --- the thread -------------------------------------------------------------------------------------------------
 
     def submit(self, row):
-        """Queue one row; never blocks."""
+        """Queue one row; never blocks, and wakes the thread only once a whole batch waits."""
         self.submitted += 1
-        self.queue.put(row)
+        rows = self.rows
+        rows.append(row)
+        if len(rows) >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
 
     def pending(self):
         """Return how many submitted rows are not yet written (or given up on)."""
@@ -76,39 +82,25 @@ class BatchWriter(threading.Thread):
     def run(self):
         """Collect rows into batches and write them until stopped, then write what is left."""
         pending = []
-        stopping = False
-        while not stopping:
-            # While the database is failing, wait out a growing backoff before the next try (still queueing rows),
-            # instead of retrying as fast as full batches arrive.
-            wait = min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS)
-            deadline = time.monotonic() + wait
-            while self.failures or len(pending) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    item = self.queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                pending.append(item)
-            if stopping:
-                pending.extend(self._drain())
+        while True:
+            if self.failures:
+                # While the database is failing, wait out a growing backoff before the next try (still queueing
+                # rows), instead of retrying as fast as full batches arrive.
+                self._stop_requested.wait(min(self.flush_seconds * 2**self.failures, MAX_BACKOFF_SECONDS))
+            else:
+                self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            stopping = self._stop_requested.is_set()
+            pending.extend(self._take())
             pending = self._write_all(pending, final=stopping)
+            if stopping:
+                break
         connection.close()  # this thread's own connection; it ends with the thread
 
-    def _drain(self):
-        """Return every row still queued."""
-        rows = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                return rows
-            if item is not _STOP:
-                rows.append(item)
+    def _take(self):
+        """Return every row queued so far, oldest first."""
+        rows, popleft = self.rows, self.rows.popleft
+        return [popleft() for _ in range(len(rows))]
 
     def _write_all(self, rows, final):
         """Write rows in batches; return the rows that could not be written yet (none when final)."""
@@ -162,7 +154,8 @@ class BatchWriter(threading.Thread):
 
     def stop(self, timeout=30.0):
         """Write every queued row and end the thread."""
-        self.queue.put(_STOP)
+        self._stop_requested.set()
+        self._wake.set()
         self.join(timeout)
         if self.is_alive():
             logger.error("%s writer did not finish within %.0f s", self.what, timeout)

@@ -3,7 +3,8 @@
 A ticker coroutine sleeps `TICK_SECONDS` and measures how late it wakes. That lateness is the delay any request
 waiting on the loop saw at that moment: a stall of d ms is caught with probability about d / TICK_SECONDS, so the
 counts are a sample, while the largest lag and the stall counts above each threshold say whether the loop stalls at
-all. The figures are on /healthz (`event_loop`) and on /metrics.
+all. Garbage collections, which stop whichever thread triggers them, are timed per generation too (`gc`: how many,
+the longest, the total). The figures are on /healthz (`event_loop`) and on /metrics.
 
 With `CHATVAULT_LOOP_STALL_STACKS` on, a watchdog thread also notices a stall while it is still going on (the ticker
 is overdue by `STALL_MS`) and records the stack of every thread at that moment: the loop's own thread shows what
@@ -13,6 +14,7 @@ the watchdog wakes every millisecond, so it is a diagnosis tool, off by default.
 
 import asyncio
 import collections
+import gc
 import logging
 import sys
 import threading
@@ -43,6 +45,8 @@ class LoopMonitor:
         self._watchdog = None
         self._stop = threading.Event()
         self._loop_thread = None
+        self.gc = [{"collections": 0, "total_ms": 0.0, "max_ms": 0.0} for _ in range(3)]
+        self._gc_began = None
 
     def observe(self, lag_ms):
         """Count one tick that woke lag_ms late."""
@@ -54,6 +58,21 @@ class LoopMonitor:
             if lag_ms <= threshold:
                 break
             self.over[threshold] += 1
+
+    def _on_gc(self, phase, info):
+        """Time each garbage collection (a gc.callbacks hook: it runs in whichever thread collects)."""
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+            return
+        began, self._gc_began = self._gc_began, None
+        if began is None:
+            return
+        ms = (time.perf_counter() - began) * 1000
+        figures = self.gc[info["generation"]]
+        figures["collections"] += 1
+        figures["total_ms"] += ms
+        if ms > figures["max_ms"]:
+            figures["max_ms"] = ms
 
     async def _tick(self):
         """Sleep TICK_SECONDS again and again, counting how late each wake-up is."""
@@ -96,6 +115,7 @@ class LoopMonitor:
         self.started_at = time.time()
         self._loop_thread = threading.get_ident()
         self._task = asyncio.get_running_loop().create_task(self._tick())
+        gc.callbacks.append(self._on_gc)
         if stacks:
             self._stop.clear()
             self._watchdog = threading.Thread(target=self._watch, name="chatvault-loop-watchdog", daemon=True)
@@ -106,6 +126,7 @@ class LoopMonitor:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+            gc.callbacks.remove(self._on_gc)
         if self._watchdog is not None:
             self._stop.set()
             self._watchdog.join(timeout=1)
@@ -119,6 +140,12 @@ class LoopMonitor:
             "mean_lag_ms": round(self.total_lag_ms / self.ticks, 3) if self.ticks else None,
             "max_lag_ms": round(self.max_lag_ms, 3),
             "ticks_late_over_ms": {str(t): n for t, n in self.over.items()},
+            "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000, 3),
+            "gc_thresholds": list(gc.get_threshold()),
+            "gc": {
+                f"gen{generation}": {name: round(value, 3) for name, value in figures.items()}
+                for generation, figures in enumerate(self.gc)
+            },
             "recent_stalls": list(self.recent),
         }
 

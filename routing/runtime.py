@@ -13,6 +13,7 @@ log writer.
 import asyncio
 import gc
 import logging
+import sys
 import time
 
 from django.conf import settings
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 _state = {"refresher": None, "started": False, "maintenance": None, "in_flight": 0, "stopping": False}
 MAINTENANCE_SECONDS = 0.2
+# gc threshold 2: a full collection is considered after this many generation-1 collections (Python's default is 10).
+FULL_COLLECTION_EVERY = 100
 # How long shutdown waits for requests cancelled by the server to answer and record themselves.
 DRAIN_SECONDS = 5.0
 _lock = None
@@ -96,7 +99,22 @@ async def startup():
             # cyclic GC's reach so full collections stay short and don't stall requests.
             gc.collect()
             gc.freeze()
+            tune_for_latency()
             logger.info("ChatVault worker ready")
+
+
+def tune_for_latency():
+    """Set the interpreter for a short event-loop tail: how long a thread may hold the GIL, and how often the cyclic
+    GC makes a full collection (docs/benchmarks.md, "Tail latency", has the measurements behind both)."""
+    # A background thread that runs Python (the log writer encoding a batch, the Redis sync, the config poll) keeps
+    # the GIL until the switch interval forces it out: at Python's default 5 ms, every such run can stall the loop
+    # that long.
+    sys.setswitchinterval(settings.CHATVAULT_GIL_SWITCH_INTERVAL_MS / 1000)
+    # Each request leaves cyclic garbage (DRF's view and request refer to each other, asyncio tasks hold their
+    # exceptions' frames), which feeds the older generations; a full collection of what was made since start-up
+    # stalls the loop for 10-30 ms. Start-up objects are frozen above; full collections come 10 times less often.
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, FULL_COLLECTION_EVERY)
 
 
 async def _maintain():

@@ -5,6 +5,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from routing.loop_monitor import TICK_SECONDS, LoopMonitor
 
 
@@ -54,6 +56,7 @@ def test_with_stacks_on_a_stall_records_what_the_loops_thread_was_doing():
     json.dumps(stalls)  # served on /healthz as they are
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_running_gateway_reports_its_loop_on_healthz(gateway):
     first = gateway.health()["event_loop"]
     time.sleep(TICK_SECONDS * 10)
@@ -61,3 +64,7 @@ def test_a_running_gateway_reports_its_loop_on_healthz(gateway):
     assert second["ticks"] > first["ticks"] > 0
     assert set(second["ticks_late_over_ms"]) == {"1", "2", "5", "10", "50", "100"}
     assert second["recent_stalls"] == [], "stack recording is off by default"
+    # Tuned for the tail at start-up (routing.runtime.tune_for_latency).
+    assert second["gil_switch_interval_ms"] == 1.0
+    assert second["gc_thresholds"][2] == 100
+    assert second["gc"]["gen0"]["collections"] > 0

@@ -40,6 +40,21 @@ def test_rows_are_written_in_batches_with_every_field():
     assert stored.prompt_tokens == 7 and stored.decision == {"instance": "x"} and stored.endpoint == "chat.completions"
 
 
+def test_a_whole_batch_is_written_at_once_and_a_partial_one_waits_for_the_flush_interval():
+    writer = RequestLogWriter(batch_size=3, flush_seconds=60)
+    writer.start()
+    try:
+        for _ in range(3):
+            writer.submit(row())
+        wait_until(lambda: writer.written == 3, timeout=5, message="the full batch written without waiting 60 s")
+        writer.submit(row())
+        time.sleep(0.3)
+        assert writer.written == 3 and writer.pending() == 1, "one row is no batch: it waits for the interval"
+    finally:
+        writer.stop()
+    assert writer.written == 4 and RequestLog.objects.count() == 4, "stopping writes what is left"
+
+
 def test_an_outage_loses_nothing_and_retries_back_off():
     writer = RequestLogWriter(batch_size=100, flush_seconds=0.05)
     with connection.cursor() as cur:
