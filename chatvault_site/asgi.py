@@ -45,8 +45,15 @@ logging.getLogger("uvicorn.access").addFilter(WithoutQueryString())
 async def application(scope, receive, send):
     """Serve lifespan events ourselves, the API through APIHandler, and the rest through Django."""
     if scope["type"] == "lifespan":
-        async with metrics.worker():
-            await runtime.lifespan(receive, send)
+        async with metrics.worker() as worker_metrics:
+
+            async def send_when_metrics_stopped(message):
+                # The server may end the process once the shutdown is complete: the live gauges go first.
+                if message["type"] == "lifespan.shutdown.complete":
+                    await worker_metrics.stop()
+                await send(message)
+
+            await runtime.lifespan(receive, send_when_metrics_stopped)
         return
     if scope["type"] == "http":
         receive = await read_limited_body(scope, receive, send)

@@ -391,10 +391,29 @@ def _forget_dead_workers(path):
             mark_process_dead(pid, path)
 
 
+class _Worker:
+    """This worker's metrics while it serves: `stop()` ends its publishing and removes its live gauges (once)."""
+
+    def __init__(self, path, publisher):
+        self.path = path
+        self.publisher = publisher
+        self.stopped = False
+
+    async def stop(self):
+        """Stop publishing and remove this worker's live gauges; later calls do nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.publisher.cancel()
+        if self.path:
+            await asyncio.to_thread(_mark_dead, self.path)
+
+
 @contextlib.asynccontextmanager
 async def worker():
     """Run this worker's metrics for as long as the block lasts: the directory made ready first, figures published
-    all along, its live gauges removed at the end."""
+    all along, its live gauges removed at the end (or at `stop()` on what it yields, which the ASGI lifespan calls
+    before it reports the shutdown complete: the server may exit the process as soon as it has)."""
     path = _directory()
     if path:
         try:
@@ -402,13 +421,11 @@ async def worker():
         except OSError:
             # Serve all the same: requests matter more than their metrics (which fail, and say so, until fixed).
             logger.exception("PROMETHEUS_MULTIPROC_DIR %s cannot be used", path)
-    publisher = asyncio.get_running_loop().create_task(_publish_forever())
+    handle = _Worker(path, asyncio.get_running_loop().create_task(_publish_forever()))
     try:
-        yield
+        yield handle
     finally:
-        publisher.cancel()
-        if path:
-            await asyncio.to_thread(_mark_dead, path)
+        await handle.stop()
 
 
 def _mark_dead(path):
